@@ -39,3 +39,7 @@ class RequestOutput:
     arrival_time: float = 0.0
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
+    # teacher-forced logits [num_positions, vocab] (fp32, CPU) when the request asked for them with
+    # SamplingParams(extra={"return_logits": True}); row i predicts the token after position
+    # num_cached_tokens + i (positions served from the prefix cache are not recomputed)
+    logits: object | None = None

@@ -1,0 +1,1 @@
+"""Kernel registry: every op has a portable PyTorch reference; device kernels register over it."""

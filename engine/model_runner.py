@@ -1,0 +1,114 @@
+"""Runs one scheduled step: flattens the scheduled tokens (decodes first, then multi-token spans),
+builds the attention metadata and slot mapping from the block tables, runs the model, and returns
+the logits of the positions that produce a token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.attention_metadata import AttentionMetadata, PrefillSpan
+from engine.kv_cache_manager import KVCacheManager
+from engine.request import Request
+from engine.scheduler import SchedulerOutput
+
+
+@dataclass(slots=True)
+class StepBatch:
+    """The flattened step as the model sees it."""
+
+    input_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    meta: AttentionMetadata
+    order: list[Request]  # requests in batch order
+    # positions that go through the LM head (batch indices) and, per request that produces tokens,
+    # (request, first row in the logits, number of rows: 1, or drafts + 1 when verifying drafts)
+    sample_indices: list[int] = field(default_factory=list)
+    sample_rows: list[tuple[Request, int, int]] = field(default_factory=list)
+    # requests that capture teacher-forced logits: (request, first batch index, count, first position)
+    capture: list[tuple[Request, int, int]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RunnerOutput:
+    logits: torch.Tensor | None  # [rows, V] fp32 for batch.sample_indices
+    # request id -> (first position, [n, V] fp32 logits on the CPU)
+    captured: dict[str, tuple[int, torch.Tensor]] = field(default_factory=dict)
+
+
+class ModelRunner:
+    def __init__(self, model, kv_storages: list, kv: KVCacheManager, device: torch.device) -> None:
+        self.model = model
+        self.kv_storages = kv_storages
+        self.kv = kv
+        self.device = device
+        self.block_size = kv.block_size
+
+    def prepare(self, sched: SchedulerOutput) -> StepBatch:
+        bs = self.block_size
+        decodes: list[Request] = []
+        spans: list[Request] = []
+        for rid, n in sched.num_scheduled_tokens.items():
+            req = sched.requests[rid]
+            (decodes if n == 1 else spans).append(req)
+        order = decodes + spans
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        batch = StepBatch(None, None, None, order)  # type: ignore[arg-type]
+        tables = []
+        ctx_lens = []
+        prefills = []
+        for req in order:
+            n = sched.num_scheduled_tokens[req.request_id]
+            start = req.num_computed_tokens
+            table = self.kv.block_table(req.request_id)
+            tokens = req.all_token_ids
+            drafts = sched.spec_tokens.get(req.request_id)
+            if drafts:
+                tokens = tokens + drafts
+            first = len(ids)
+            ids.extend(tokens[start:start + n])
+            pos.extend(range(start, start + n))
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
+            if n == 1:
+                tables.append(table)
+                ctx_lens.append(start + 1)
+            else:
+                prefills.append(PrefillSpan(first, n, start + n, torch.tensor(
+                    table[:-(-(start + n) // bs)], dtype=torch.long, device=self.device)))
+            if drafts:
+                batch.sample_rows.append((req, len(batch.sample_indices), n))
+                batch.sample_indices.extend(range(first, first + n))
+            elif start + n == req.num_tokens:
+                batch.sample_rows.append((req, len(batch.sample_indices), 1))
+                batch.sample_indices.append(len(ids) - 1)
+            if req.capture_logits:
+                batch.capture.append((req, first, n, start))
+        meta = AttentionMetadata(bs, torch.tensor(slots, dtype=torch.long, device=self.device))
+        if tables:
+            width = max(-(-c // bs) for c in ctx_lens)
+            padded = [t[:width] + [0] * (width - min(len(t), width)) for t in tables]
+            meta.num_decode_tokens = len(tables)
+            meta.decode_block_tables = torch.tensor(padded, dtype=torch.long, device=self.device)
+            meta.decode_context_lens = torch.tensor(ctx_lens, dtype=torch.long, device=self.device)
+            meta.decode_max_context = max(ctx_lens)
+        meta.prefills = prefills
+        batch.input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
+        batch.positions = torch.tensor(pos, dtype=torch.long, device=self.device)
+        batch.meta = meta
+        return batch
+
+    @torch.inference_mode()
+    def execute(self, batch: StepBatch) -> RunnerOutput:
+        hidden = self.model(batch.input_ids, batch.positions, self.kv_storages, batch.meta)
+        out = RunnerOutput(None)
+        if batch.sample_indices:
+            # Only positions that produce a token go through the LM head: prefill chunks skip it,
+            # which saves the largest matmul of a small model for every prompt token.
+            idx = torch.tensor(batch.sample_indices, dtype=torch.long, device=hidden.device)
+            out.logits = self.model.compute_logits(hidden.index_select(0, idx))
+        for req, first, n, start in batch.capture:
+            out.captured[req.request_id] = (start, self.model.compute_logits(hidden[first:first + n]).cpu())
+        return out

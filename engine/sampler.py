@@ -1,0 +1,100 @@
+"""Turns the last-position logits of each request into its next token: penalties, min_tokens, then
+greedy or temperature / top-k / top-p / min-p sampling with an optional per-request seed. Logprobs
+are those of the raw model distribution (vLLM's default)."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.outputs import TokenLogprob
+from engine.request import Request
+
+
+def apply_penalties(logits: torch.Tensor, req: Request) -> None:
+    """logits: [V] for one request, modified in place."""
+    p = req.params
+    device = logits.device
+    if p.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted(set(req.all_token_ids)), dtype=torch.long, device=device)
+        vals = logits.index_select(0, seen)
+        vals = torch.where(vals < 0, vals * p.repetition_penalty, vals / p.repetition_penalty)
+        logits.index_copy_(0, seen, vals)
+    if (p.frequency_penalty or p.presence_penalty) and req.output_token_ids:
+        out = torch.tensor(req.output_token_ids, dtype=torch.long, device=device)
+        counts = torch.bincount(out, minlength=logits.shape[0]).to(logits.dtype)
+        logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
+    """logits: [V] (already divided by temperature) -> logits with filtered entries at -inf."""
+    vocab = logits.shape[0]
+    if 0 < top_k < vocab:
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token when the mass before it already reaches top_p (the top token always stays)
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(0, idx, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    if min_p > 0.0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < min_p * probs.max(), float("-inf"))
+    return logits
+
+
+class Sampler:
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+
+    def __call__(self, logits: torch.Tensor, requests: list[Request]) -> list[tuple[int, TokenLogprob | None]]:
+        """logits: [S, V] fp32, one row per request -> (token id, logprob entry or None) per row."""
+        want_logprobs = [r.params.logprobs is not None for r in requests]
+        raw_logprobs = None
+        if any(want_logprobs):
+            rows = torch.tensor([i for i, w in enumerate(want_logprobs) if w], device=logits.device)
+            raw_logprobs = dict(zip(rows.tolist(), torch.log_softmax(logits.index_select(0, rows), -1),
+                                    strict=True))
+        needs_processing = [r.params.needs_penalties or r.num_output_tokens < r.params.min_tokens
+                            for r in requests]
+        if any(needs_processing):
+            logits = logits.clone()
+        for i, req in enumerate(requests):
+            if not needs_processing[i]:
+                continue
+            apply_penalties(logits[i], req)
+            if req.num_output_tokens < req.params.min_tokens:
+                banned = set(req.params.stop_token_ids) | (set() if req.params.ignore_eos else set(req.eos_token_ids))
+                if banned:
+                    logits[i, torch.tensor(sorted(banned), device=logits.device)] = float("-inf")
+
+        greedy_rows = [i for i, r in enumerate(requests) if r.params.greedy]
+        tokens = [0] * len(requests)
+        if greedy_rows:
+            if len(greedy_rows) == len(requests):
+                picked = logits.argmax(-1).tolist()
+            else:
+                picked = logits[torch.tensor(greedy_rows, device=logits.device)].argmax(-1).tolist()
+            for i, t in zip(greedy_rows, picked, strict=True):
+                tokens[i] = t
+        for i, req in enumerate(requests):
+            if req.params.greedy:
+                continue
+            p = req.params
+            row = filter_logits(logits[i] / p.temperature, p.top_k, p.top_p, p.min_p)
+            probs = row.softmax(-1)
+            tokens[i] = int(torch.multinomial(probs, 1, generator=req.generator).item())
+
+        out: list[tuple[int, TokenLogprob | None]] = []
+        for i, req in enumerate(requests):
+            entry = None
+            if raw_logprobs is not None and i in raw_logprobs:
+                lp = raw_logprobs[i]
+                top: list[tuple[int, float]] = []
+                if req.params.logprobs:
+                    vals, ids = torch.topk(lp, req.params.logprobs)
+                    top = list(zip(ids.tolist(), vals.tolist(), strict=True))
+                entry = TokenLogprob(tokens[i], float(lp[tokens[i]]), top)
+            out.append((tokens[i], entry))
+        return out
