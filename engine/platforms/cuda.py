@@ -11,7 +11,7 @@ def is_available() -> bool:
 
 
 def create(config: DeviceConfig) -> Platform:
-    device = torch.device(config.device if ":" in config.device else "cuda")
+    device = torch.device(config.device if ":" in config.device else f"cuda:{torch.cuda.current_device()}")
     torch.cuda.set_device(device)
     # Exactness checks compare fp32 CUDA with fp32 CPU; TF32 would silently change the numerics.
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import pytest
 
-from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from engine.config import CacheConfig, DeviceConfig, EngineConfig, ModelConfig, SchedulerConfig
 
 
 def make_engine(model: str = "smollm2-135m-instruct", *, num_blocks: int | None = None,
                 max_num_seqs: int = 64, max_num_batched_tokens: int = 512, prefix_caching: bool = True,
-                plugins: tuple = (), dtype: str = "float32"):
+                plugins: tuple = (), dtype: str = "float32", device: str = "cpu"):
     from engine.llm_engine import LLMEngine
 
     return LLMEngine(EngineConfig(
@@ -15,7 +15,7 @@ def make_engine(model: str = "smollm2-135m-instruct", *, num_blocks: int | None 
         cache=CacheConfig(num_blocks=num_blocks, enable_prefix_caching=prefix_caching,
                           kv_cache_memory_bytes=256 << 20),
         scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens),
-        plugins=plugins))
+        plugins=plugins, device=DeviceConfig(device=device)))
 
 
 @pytest.fixture(scope="session")
