@@ -46,6 +46,7 @@ class AsyncEngine:
 
         self._loop = asyncio.get_running_loop()
         self._engine = await asyncio.to_thread(LLMEngine, self.config, self._progress)
+        await asyncio.to_thread(self._engine.warmup)
         self.model_name = self._engine.model_name
         self.max_model_len = self._engine.max_model_len
         self._stats = self._engine.stats()

@@ -341,6 +341,20 @@ class LLMEngine:
         bar.close()
         return [results[rid] for rid in ids]
 
+    def warmup(self) -> None:
+        """One full-budget prefill and a few decode steps, so first real requests do not pay one-time
+        costs (kernel builds, allocator growth, library dispatch). Leaves counters and cache clean."""
+        n = min(self.config.scheduler.max_num_batched_tokens, self.max_model_len - 4, 512)
+        blocks = -(-(n + 4) // self.kv.block_size)
+        if n < 1 or blocks > self.kv.num_blocks:
+            return
+        vocab = self.arch.vocab_size
+        prompt = [(i * 7919) % vocab for i in range(n)]
+        self.generate([prompt], SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))
+        self.kv.pool.reset_prefix_cache()
+        self.kv.prefix_cache_queries = self.kv.prefix_cache_hits = 0
+        self._prompt_tokens_total = self._generation_tokens_total = self._num_steps = 0
+
     def stats(self) -> EngineStats:
         return EngineStats(
             num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
