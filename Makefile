@@ -46,3 +46,28 @@ bench-vllm-setup:
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Load test (issue 3): starts `tessera serve` on a free 127.0.0.1 port, runs locust headless with streaming
+# chat users, samples the server's RSS, stops it with SIGTERM; fails if any request failed.
+# Reports: benchmarks/results/loadtest{.html,.json,_stats.csv,_failures.csv,-server.log}.
+LOADTEST_USERS ?= 32
+LOADTEST_TIME ?= 2m
+LOADTEST_SPAWN_RATE ?= 8
+LOADTEST_MAX_TOKENS ?= 64
+LOADTEST_ARGS ?=
+LOAD_STAMP := $(VENV)/.tessera-load-installed
+
+$(LOAD_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install -q -e ".[load]"
+	touch $(LOAD_STAMP)
+
+loadtest: setup model $(LOAD_STAMP)
+	$(BIN)/python loadtests/run.py --users $(LOADTEST_USERS) --spawn-rate $(LOADTEST_SPAWN_RATE) \
+		--time $(LOADTEST_TIME) --max-tokens $(LOADTEST_MAX_TOKENS) $(LOADTEST_ARGS)
+
+# Serving benchmark side by side (issue 3): tessera serve, then vllm serve from .venv-vllm (make
+# bench-vllm-setup), same workload: concurrency 16, 128 in / 128 out, ignore_eos, fp32.
+.PHONY: bench-serve
+bench-serve: setup model
+	$(BIN)/tessera bench serve --compare native,vllm --concurrency 16 --input-len 128 --output-len 128 \
+		--num-requests 64 --json benchmarks/results/serve-compare-cpu.json $(BENCH_ARGS)

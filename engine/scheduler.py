@@ -154,4 +154,8 @@ class Scheduler:
                 self.waiting.remove(req)
             except ValueError:
                 pass
+        # a request that finishes in the step that computed its last full blocks still leaves them
+        # to the prefix cache (e.g. max_tokens=1 or a stop on the first token)
+        if reason != "abort":
+            self.kv.cache_blocks(req)
         self.kv.free(req)

@@ -69,8 +69,10 @@ def get_kernel(op: str, device_type: str, prefer_reference: bool = False) -> Cal
 
 def _load_builtin_kernels() -> None:
     # Imported lazily so the registry module itself has no heavy imports and no import cycles.
-    from engine.kernels import reference  # noqa: F401
-    from engine.kernels import cpu_attention  # noqa: F401
+    from engine.kernels import (
+        cpu_attention,  # noqa: F401
+        reference,  # noqa: F401
+    )
     try:
         from engine.kernels import triton_attention  # noqa: F401
     except ImportError:

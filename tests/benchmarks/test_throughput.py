@@ -1,0 +1,141 @@
+"""`tessera bench throughput` on tiny workloads: JSON shape, positive numbers, the PNG, and the pieces
+(prompt generation, backend selection, matmul ceiling) on their own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import throughput
+from server.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+TINY = ["--input-len", "8", "--output-len", "4", "--concurrency", "2", "--no-progress"]
+
+
+def _check_block(block: dict, backends: list[str]) -> None:
+    assert set(block["backends"]) == set(backends)
+    for b in backends:
+        entry = block["backends"][b]
+        assert set(entry) == {"output_tok_s", "total_tok_s", "elapsed_s"}
+        assert all(v > 0 for v in entry.values()), entry
+        assert entry["total_tok_s"] > entry["output_tok_s"]  # input tokens count in the total
+    assert set(block["ratios"]) == {"native/vllm", "native/hf"}
+    assert block["matmul_ceiling_tok_s"] > 0
+
+
+def test_native_and_hf_shape(tmp_path):
+    pytest.importorskip("engine.llm_engine")
+    pytest.importorskip("transformers")
+    out = tmp_path / "tp.json"
+    rc = main(["bench", "throughput", "--model", "synthetic:tiny", *TINY, "--backends", "native,hf",
+               "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert set(data) >= {"workload", "results", "backends", "ratios", "machine"}
+    assert list(data["results"]) == ["c2"]
+    block = data["results"]["c2"]
+    _check_block(block, ["native", "hf"])
+    assert block["ratios"]["native/hf"] > 0 and block["ratios"]["native/vllm"] is None
+    assert block["native_frac_of_ceiling"] > 0
+    assert data["backends"] == block["backends"] and data["ratios"] == block["ratios"]
+    assert data["workload"]["input_len"] == 8 and data["workload"]["output_len"] == 4
+    assert data["details"]["c2"]["native"]["output_tokens"] == 2 * 4
+    assert data["details"]["c2"]["hf"]["output_tokens"] == 2 * 4
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_explicit_vllm_without_venv_fails_clearly(tmp_path, capsys):
+    rc = main(["bench", "throughput", "--model", "synthetic:tiny", *TINY, "--backends", "vllm",
+               "--vllm-python", str(tmp_path / "missing" / "python"), "--json", str(tmp_path / "x.json")])
+    assert rc != 0
+    assert "make bench-vllm-setup" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_default_backends_skip_missing_vllm(tmp_path, capsys):
+    args = argparse.Namespace(backends=None, vllm_python=str(tmp_path / "missing"))
+    backends = throughput.prepare_backends(args)
+    assert "vllm" not in backends and "hf" in backends
+    assert "make bench-vllm-setup" in capsys.readouterr().err
+
+
+def test_unknown_backend_is_a_user_error(tmp_path):
+    assert main(["bench", "throughput", "--backends", "native,tgi", "--json", str(tmp_path / "x.json")]) == 2
+
+
+def test_prompts_exact_length_no_special_ids_deterministic():
+    from engine.loader.model_registry import resolve_model
+    from engine.loader.tokenizer import Tokenizer
+
+    resolved = resolve_model("synthetic:tiny", progress=False)
+    tok = Tokenizer(resolved.tokenizer_dir)
+    a = throughput.random_prompts(tok, resolved.arch.vocab_size, 4, 33, seed=0)
+    assert a == throughput.random_prompts(tok, resolved.arch.vocab_size, 4, 33, seed=0)
+    assert a != throughput.random_prompts(tok, resolved.arch.vocab_size, 4, 33, seed=1)
+    special = set(tok.all_special_ids) | set(tok.eos_token_ids)
+    assert all(len(p) == 33 and not special & set(p) for p in a)
+    assert all(0 <= t < resolved.arch.vocab_size for p in a for t in p)
+
+
+def test_matmul_ceiling_on_synthetic_weights():
+    import torch
+
+    from engine.loader.model_registry import resolve_model
+
+    resolved = resolve_model("synthetic:tiny", progress=False)
+    weights = throughput.linear_weights(resolved, "float32", torch.device("cpu"))
+    arch = resolved.arch
+    assert len(weights) == 7 * arch.num_layers + 1
+    assert weights[-1].shape == (arch.vocab_size, arch.hidden_size)
+    ceil = throughput.matmul_ceiling(weights, batch=4, min_time_s=0.05)
+    assert ceil["tok_s"] > 0 and ceil["time_per_step_s"] > 0
+    assert ceil["tok_s"] == pytest.approx(4 / ceil["time_per_step_s"])
+
+
+def test_linear_weights_of_a_real_checkpoint(default_model_dir):
+    import torch
+
+    from engine.loader.model_registry import resolve_model
+
+    resolved = resolve_model(str(default_model_dir), progress=False)
+    weights = throughput.linear_weights(resolved, "float32", torch.device("cpu"))
+    arch = resolved.arch
+    assert len(weights) == 7 * arch.num_layers + 1  # tied lm_head = the embedding
+    assert weights[-1].shape == (arch.vocab_size, arch.hidden_size)
+    total = sum(w.numel() for w in weights)
+    assert total == arch.num_params - arch.num_layers * 2 * arch.hidden_size - arch.hidden_size
+
+
+def test_greedy_match():
+    assert throughput.greedy_match([[1, 2, 3, 4]], [[1, 2, 9, 4]]) == 0.5
+    assert throughput.greedy_match([[1, 2], [3, 4]], [[1, 2], [3, 4]]) == 1.0
+    assert throughput.greedy_match([], []) is None
+
+
+def test_synthetic_config_dir_loads_in_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from engine.loader.model_registry import resolve_model
+
+    resolved = resolve_model("synthetic:tiny", progress=False)
+    d = throughput.write_hf_config_dir(resolved, tmp_path / "cfg")
+    cfg = transformers.AutoConfig.from_pretrained(str(d))
+    assert cfg.hidden_size == resolved.arch.hidden_size and cfg.num_hidden_layers == resolved.arch.num_layers
+    assert (d / "tokenizer.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not VLLM_PYTHON.is_file(), reason="no .venv-vllm (make bench-vllm-setup)")
+def test_vllm_baseline(tmp_path, default_model_dir):
+    # synthetic:tiny's head_dim (16) is below what vLLM's CPU attention supports: use the real model.
+    out = tmp_path / "tp.json"
+    rc = main(["bench", "throughput", "--model", "smollm2-135m-instruct", *TINY, "--backends", "vllm",
+               "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    _check_block(data["results"]["c2"], ["vllm"])
+    assert data["details"]["c2"]["vllm"]["output_tokens"] == 2 * 4
