@@ -103,3 +103,22 @@ def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta:
     o = F.scaled_dot_product_attention(q.unsqueeze(2), ks.to(q.dtype), vs.to(q.dtype), attn_mask=mask,
                                        scale=scale, enable_gqa=True)
     return o.squeeze(2)
+
+
+class DenseLinear(torch.nn.Module):
+    """y = x @ weight^T + bias over the weight tensor as loaded (shared, not copied)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.weight, self.bias = weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [T, in] -> [T, out]."""
+        return F.linear(x, self.weight, self.bias)
+
+
+@register_kernel("pack_linear", REFERENCE)
+def pack_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.nn.Module:
+    """weight: [out, in], bias: [out] or None -> a module computing the linear map. Device kernels
+    may return the weight re-laid-out for their GEMM; the reference keeps it as is."""
+    return DenseLinear(weight, bias)

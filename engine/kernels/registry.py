@@ -71,9 +71,16 @@ def _load_builtin_kernels() -> None:
     # Imported lazily so the registry module itself has no heavy imports and no import cycles.
     from engine.kernels import (
         cpu_attention,  # noqa: F401
+        cpu_linear,  # noqa: F401
         reference,  # noqa: F401
     )
-    try:
-        from engine.kernels import triton_attention  # noqa: F401
+    try:  # Triton is absent on CPU-only machines; the CUDA kernels then fall back to the reference
+        from engine.kernels import (
+            triton_activation,  # noqa: F401
+            triton_attention,  # noqa: F401
+            triton_linear,  # noqa: F401
+            triton_norm,  # noqa: F401
+            triton_rotary,  # noqa: F401
+        )
     except ImportError:
         pass

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.attention_metadata import AttentionMetadata
@@ -39,7 +38,7 @@ class Attention(nn.Module):
                 ops: ModelOps) -> torch.Tensor:
         """x: [T, hidden] -> [T, hidden]."""
         t = x.shape[0]
-        q, k, v = F.linear(x, self.qkv_proj.weight, self.qkv_proj.bias).split(
+        q, k, v = self.qkv_proj(x).split(
             [self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(t, self.num_heads, self.head_dim)
         k = k.view(t, self.num_kv_heads, self.head_dim)
@@ -50,7 +49,7 @@ class Attention(nn.Module):
         q, k = ops.rotary(q, k, cos, sin)
         kv.write(k, v, meta)
         o = kv.attend(q, k, v, meta, self.scale)
-        return F.linear(o.reshape(t, self.q_size), self.o_proj.weight)
+        return self.o_proj(o.reshape(t, self.q_size))
 
 
 class MLP(nn.Module):
@@ -60,7 +59,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(arch.intermediate_size, arch.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, ops: ModelOps) -> torch.Tensor:
-        return F.linear(ops.silu_and_mul(F.linear(x, self.gate_up_proj.weight)), self.down_proj.weight)
+        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -82,11 +81,22 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = None if arch.tie_word_embeddings else nn.Linear(arch.hidden_size, arch.vocab_size, bias=False)
         self.ops: ModelOps | None = None
         self.rotary: RotaryTable | None = None
+        self.logits_proj: nn.Module | None = None
 
     def prepare(self, ops: ModelOps, max_positions: int) -> None:
         """After weights are on their device: bind kernels and build the rotary table."""
         p = self.embed_tokens.weight
         self.ops = ops
+        # Load-time transformation: every projection becomes the device's linear module (on x86 CPUs
+        # the weight re-laid-out once for oneDNN). The tied lm_head gets its own copy in that layout,
+        # since the embedding lookup needs the plain table.
+        for layer in self.layers:
+            for parent, name in ((layer.self_attn, "qkv_proj"), (layer.self_attn, "o_proj"),
+                                 (layer.mlp, "gate_up_proj"), (layer.mlp, "down_proj")):
+                lin = getattr(parent, name)
+                if isinstance(lin, nn.Linear):
+                    setattr(parent, name, ops.pack_linear(lin.weight, lin.bias))
+        self.logits_proj = ops.pack_linear(self.lm_head_weight, None)
         self.rotary = RotaryTable(self.arch.head_dim, max_positions, self.arch.rope_theta,
                                   self.arch.rope_scaling, p.dtype, p.device)
 
@@ -117,7 +127,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [S, hidden] -> fp32 logits [S, vocab]."""
-        return F.linear(hidden, self.lm_head_weight).float()
+        return self.logits_proj(hidden).float()
 
     # ---- weights ------------------------------------------------------------------------------
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -15,8 +15,9 @@ class ModelOps:
     add_rms_norm: Callable
     rotary: Callable
     silu_and_mul: Callable
+    pack_linear: Callable  # (weight [out, in], bias) -> module; applied once at load time
 
     @classmethod
     def for_device(cls, device_type: str, prefer_reference: bool = False) -> ModelOps:
         return cls(**{name: get_kernel(name, device_type, prefer_reference)
-                      for name in ("rms_norm", "add_rms_norm", "rotary", "silu_and_mul")})
+                      for name in ("rms_norm", "add_rms_norm", "rotary", "silu_and_mul", "pack_linear")})

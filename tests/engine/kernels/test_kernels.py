@@ -92,5 +92,56 @@ def test_device_kernel_matches_reference(entry):
         got = entry.fn(move(q), move(k), move(v), move(kc), move(vc), meta_d, D ** -0.5).cpu()
         want = ref(q, k, v, kc, vc, meta, D ** -0.5)
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+    elif entry.op == "pack_linear":
+        g = torch.Generator().manual_seed(0)
+        w, b = torch.randn(300, 96, generator=g), torch.randn(300, generator=g)
+        got_mod, want_mod = entry.fn(w.to(dev), b.to(dev)), ref(w, b)
+        for rows in (1, 2, 17, 130):
+            x = torch.randn(rows, 96, generator=g)
+            torch.testing.assert_close(got_mod(x.to(dev)).cpu(), want_mod(x), atol=1e-4, rtol=1e-5)
     else:
         pytest.fail(f"no comparison written for op {entry.op!r}: add one")
+
+
+def test_cpu_linear_rows_do_not_depend_on_batch_size():
+    entry = next(e for e in KERNELS.implementations("pack_linear") if e.device_type == "cpu")
+    if not entry.available():
+        pytest.skip("oneDNN linear not available here")
+    g = torch.Generator().manual_seed(1)
+    lin = entry.fn(torch.randn(256, 1536, generator=g) * 0.05, None)
+    x = torch.randn(70, 1536, generator=g)
+    alone = torch.cat([lin(x[i:i + 1]) for i in range(x.shape[0])])
+    for rows in (2, 5, 64, 70):
+        assert torch.equal(lin(x[:rows]), alone[:rows]), f"row results changed with {rows} rows"
+
+
+def test_cpu_attention_rows_do_not_depend_on_chunking():
+    """A sequence prefilled in one span, in two chunks, or token by token as decode rows gives
+    bit-identical attention outputs: the property that makes batching invisible."""
+    entry = next(e for e in KERNELS.implementations("paged_attention") if e.device_type == "cpu")
+    if not entry.available():
+        pytest.skip("CPU attention kernel cannot be built here")
+    g = torch.Generator().manual_seed(2)
+    ctx, nb = 45, 3
+    kc, vc = torch.randn(8, BS, KVH, D, generator=g), torch.randn(8, BS, KVH, D, generator=g)
+    table = torch.tensor([5, 1, 6])
+    q = torch.randn(ctx, H, D, generator=g)
+    k, v = torch.randn(ctx, KVH, D, generator=g), torch.randn(ctx, KVH, D, generator=g)
+    slots = torch.tensor([int(table[p // BS]) * BS + p % BS for p in range(ctx)])
+    reference.write_kv(k, v, kc, vc, slots)
+
+    def run(first, last, decode):
+        if decode:  # one decode row per position, as if every position were its own sequence
+            meta = AttentionMetadata(BS, slots[first:last], num_decode_tokens=last - first,
+                                     decode_block_tables=table.repeat(last - first, 1),
+                                     decode_context_lens=torch.arange(first + 1, last + 1),
+                                     decode_max_context=last)
+        else:
+            meta = AttentionMetadata(BS, slots[first:last], prefills=[PrefillSpan(0, last - first, last,
+                                                                                   table[:-(-last // BS)])])
+        return entry.fn(q[first:last], k[first:last], v[first:last], kc, vc, meta, D ** -0.5)
+
+    whole = run(0, ctx, False)
+    assert torch.equal(torch.cat([run(0, 20, False), run(20, ctx, False)]), whole)
+    assert torch.equal(run(0, ctx, True), whole)
+    assert nb == table.shape[0]

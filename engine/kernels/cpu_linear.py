@@ -1,0 +1,50 @@
+"""Linear layers on x86 CPUs through oneDNN with the weight reordered once, at load time, into the
+blocked layout its fp32 GEMM reads. At decode batch sizes (M = 1..64) the default MKL sgemm path
+re-packs the weight on every call, and on AMD CPUs it also skips its AVX-512 kernels; the
+pre-reordered oneDNN GEMM is 2-2.4x faster there (M=16: 255 -> 611 tok/s for SmolLM2-135M's
+weights, measured on the 2-core EPYC dev machine), with the same fp32 arithmetic per element."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from engine.kernels.registry import register_kernel
+
+# oneDNN picks its blocking from a batch-size hint; 64 was within 1% of the best hint at every M
+# from 1 to 512 measured on the dev machine, so one packing serves decode and prefill alike.
+BATCH_HINT = 64
+
+
+def available() -> bool:
+    return (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+
+
+class OneDNNLinear(torch.nn.Module):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), BATCH_HINT)
+        self.bias = None if bias is None else bias.detach().contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [T, in] -> [T, out]."""
+        if x.shape[0] == 1:
+            # A single row takes oneDNN's GEMV path, whose summation order differs from its GEMM's;
+            # from two rows on every row's result is bit-identical whatever the batch size, which
+            # keeps a request's output independent of what it is batched with.
+            return torch.ops.mkldnn._linear_pointwise(x.repeat(2, 1), self.packed, self.bias, "none", [],
+                                                      "")[:1]
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+@register_kernel("pack_linear", "cpu", available=available, name="onednn_packed_linear")
+def pack_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.nn.Module:
+    """weight: [out, in] fp32 (other dtypes keep the reference), bias: [out] or None."""
+    if weight.dtype != torch.float32:
+        from engine.kernels.reference import DenseLinear
+
+        return DenseLinear(weight, bias)
+    return OneDNNLinear(weight, bias)
