@@ -124,6 +124,13 @@ class AsyncEngine:
         if q is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(q.put_nowait, item)
 
+    def _deliver(self, outputs: list) -> None:
+        """Event-loop side of a step's outputs."""
+        for out in outputs:
+            q = self._queues.get(out.request_id)
+            if q is not None:
+                q.put_nowait(out)
+
     def _drain_commands(self) -> None:
         engine = self._engine
         while self._commands:
@@ -157,8 +164,10 @@ class AsyncEngine:
                 self._fail_all(f"engine step failed: {exc}")
                 continue
             self._stats = engine.stats()
-            for out in outputs:
-                self._emit(out.request_id, out)
+            if outputs and self._loop is not None:
+                # one wake-up of the event loop per step, not one per request: every cross-thread
+                # wake-up preempts a compute thread on a small CPU
+                self._loop.call_soon_threadsafe(self._deliver, outputs)
         # shutting down: abort everything still in the engine
         for rid in engine.unfinished_request_ids():
             out = engine.abort_request(rid)
