@@ -23,14 +23,14 @@ from engine.loader.tokenizer import Tokenizer
 from engine.model_runner import ModelRunner
 from engine.models.ops import ModelOps
 from engine.output_processor import RequestState, SampleState
-from engine.outputs import RequestOutput
+from engine.outputs import RequestOutput, TokenLogprob
 from engine.platforms import resolve_platform
 from engine.request import Request
 from engine.sampler import Sampler
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.stats import EngineStats
-from plugins.base import Plugin
+from plugins.base import Plugin, Verdict
 from plugins.registry import create_plugin
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,16 @@ class LLMEngine:
         self.kv = KVCacheManager(BlockPool(num_blocks, config.cache.enable_prefix_caching), block_size)
         self.scheduler = Scheduler(config.scheduler, self.kv, self.max_model_len)
         self.runner = ModelRunner(self.model, self.kv_storages, self.kv, device)
+        graph_batch = min(config.device.cuda_graph_max_batch, config.scheduler.max_num_seqs)
+        if device.type == "cuda" and graph_batch > 0:
+            from engine.cuda_graph_runner import CudaGraphRunner
+
+            graphs = CudaGraphRunner(self.model, self.kv_storages, block_size, graph_batch, self.max_model_len,
+                                     device)
+            graphs.capture()
+            graphs.block_table_of = self.kv.block_table
+            graphs.lookahead_gate = lambda: not self.scheduler.waiting and not self.plugins
+            self.runner.graph_runner = graphs
         self.sampler = Sampler(arch.vocab_size)
         self._states: dict[str, RequestState] = {}
         self._seq_to_state: dict[str, RequestState] = {}
@@ -187,9 +197,11 @@ class LLMEngine:
             self._seq_to_state[rid].captured_logits.append(logits)
         plain = [(req, row) for req, row, count in batch.sample_rows if count == 1]
         if plain:
-            rows = torch.tensor([row for _, row in plain], device=result.logits.device)
             reqs = [req for req, _ in plain]
-            sampled = self.sampler(result.logits.index_select(0, rows), reqs)
+            logits = result.logits
+            if len(plain) != logits.shape[0] or plain[-1][1] != len(plain) - 1:  # rows ascend: else identity
+                logits = logits.index_select(0, torch.tensor([row for _, row in plain], device=logits.device))
+            sampled = self.sampler(logits, reqs)
             for req, (token, logprob) in zip(reqs, sampled, strict=True):
                 state = self._seq_to_state[req.request_id]
                 touched[state.request_id] = state
@@ -245,18 +257,36 @@ class LLMEngine:
             state = self._seq_to_state[req.request_id]
             touched[state.request_id] = state
             drafts = sched.spec_tokens[req.request_id]
-            forced = accepted.get(req.request_id)
+            verdict = accepted.get(req.request_id)
+            if isinstance(verdict, int):
+                verdict = Verdict(verdict)
             for i in range(count):
-                if forced is not None and i < min(forced, len(drafts)):
-                    token, logprob = drafts[i], None
+                chosen = verdict is not None and (i < min(verdict.num_accepted, len(drafts)) or (
+                    i == verdict.num_accepted and verdict.next_token is not None))
+                if chosen:
+                    token = drafts[i] if i < verdict.num_accepted else verdict.next_token
+                    logprob = self._chosen_logprob(logits[row + i], token, req)
                 else:
                     ((token, logprob),) = self.sampler(logits[row + i:row + i + 1], [req])
                 self._append_token(state, req, token, logprob, now)
-                if req.is_finished or i == len(drafts) or token != drafts[i]:
+                if req.is_finished or i == len(drafts) or token != drafts[i] or (
+                        chosen and i >= verdict.num_accepted):
                     break
             # accepted drafts' KV is already in place; rejected drafts' slots get overwritten later
             if not req.is_finished:
                 req.num_computed_tokens = req.num_tokens - 1
+
+    @staticmethod
+    def _chosen_logprob(row: torch.Tensor, token: int, req: Request) -> TokenLogprob | None:
+        """row: [V] raw logits. The logprob entry of a token a verifier chose, as the sampler reports."""
+        if req.params.logprobs is None:
+            return None
+        lp = torch.log_softmax(row, -1)
+        top: list[tuple[int, float]] = []
+        if req.params.logprobs:
+            vals, ids = torch.topk(lp, req.params.logprobs)
+            top = list(zip(ids.tolist(), vals.tolist(), strict=True))
+        return TokenLogprob(token, float(lp[token]), top)
 
     def _append_token(self, state: RequestState, req: Request, token: int, logprob, now: float) -> None:
         sample = next(s for s in state.samples if s.seq is req)
@@ -362,7 +392,8 @@ class LLMEngine:
             prefix_cache_queries=self.kv.prefix_cache_queries, prefix_cache_hits=self.kv.prefix_cache_hits,
             num_preemptions=self.scheduler.num_preemptions, prompt_tokens_total=self._prompt_tokens_total,
             generation_tokens_total=self._generation_tokens_total, num_steps=self._num_steps,
-            last_step_time=self._last_step_time)
+            last_step_time=self._last_step_time, kv_bytes_per_token=self.kv_bytes_per_block / self.kv.block_size,
+            kv_bits_mean=sum(min(s.key_bits, 16) + min(s.value_bits, 16) for s in self.kv_specs) / (2 * len(self.kv_specs)))
 
     def close(self) -> None:
         for plugin in self.plugins:

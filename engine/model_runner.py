@@ -44,6 +44,8 @@ class ModelRunner:
         self.kv = kv
         self.device = device
         self.block_size = kv.block_size
+        # set by the engine on CUDA (engine.cuda_graph_runner.CudaGraphRunner); None runs eagerly
+        self.graph_runner = None
 
     def prepare(self, sched: SchedulerOutput) -> StepBatch:
         bs = self.block_size
@@ -102,13 +104,22 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, batch: StepBatch) -> RunnerOutput:
+        graphs = self.graph_runner
+        if graphs is not None and graphs.can_run(batch):
+            return RunnerOutput(graphs.run(batch))  # pure decode: every row's logits
         hidden = self.model(batch.input_ids, batch.positions, self.kv_storages, batch.meta)
         out = RunnerOutput(None)
         if batch.sample_indices:
             # Only positions that produce a token go through the LM head: prefill chunks skip it,
             # which saves the largest matmul of a small model for every prompt token.
-            idx = torch.tensor(batch.sample_indices, dtype=torch.long, device=hidden.device)
-            out.logits = self.model.compute_logits(hidden.index_select(0, idx))
+            rows = batch.sample_indices
+            if len(rows) == hidden.shape[0] and rows[-1] == len(rows) - 1:
+                # every position produces a token (pure decode): no selection, and no host-to-device
+                # copy that would wait for the forward before the LM head can be queued
+                out.logits = self.model.compute_logits(hidden)
+            else:
+                idx = torch.tensor(rows, dtype=torch.long, device=hidden.device)
+                out.logits = self.model.compute_logits(hidden.index_select(0, idx))
         for req, first, n, start in batch.capture:
             out.captured[req.request_id] = (start, self.model.compute_logits(hidden[first:first + n]).cpu())
         return out

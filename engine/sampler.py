@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from engine.batched_sampling import sample_batched
 from engine.outputs import TokenLogprob
 from engine.request import Request
 
@@ -78,8 +79,18 @@ class Sampler:
                 picked = logits[torch.tensor(greedy_rows, device=logits.device)].argmax(-1).tolist()
             for i, t in zip(greedy_rows, picked, strict=True):
                 tokens[i] = t
+        batched: set[int] = set()
+        if logits.is_cuda:
+            # on a GPU, unseeded rows are drawn together: one transfer for the batch, not one per request
+            rows = [i for i, r in enumerate(requests) if not r.params.greedy and r.generator is None]
+            if rows:
+                picked = sample_batched(logits[torch.tensor(rows, device=logits.device)],
+                                        [requests[i].params for i in rows]).tolist()
+                for i, t in zip(rows, picked, strict=True):
+                    tokens[i] = t
+                batched = set(rows)
         for i, req in enumerate(requests):
-            if req.params.greedy:
+            if req.params.greedy or i in batched:
                 continue
             p = req.params
             row = filter_logits(logits[i] / p.temperature, p.top_k, p.top_p, p.min_p)

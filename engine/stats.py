@@ -18,6 +18,8 @@ class EngineStats:
     generation_tokens_total: int = 0
     num_steps: int = 0
     last_step_time: float | None = None  # time.monotonic() of the last successful step
+    kv_bytes_per_token: float = 0.0  # real KV cache bytes per token over all layers (scales included)
+    kv_bits_mean: float = 0.0  # nominal K/V bits averaged over layers, keys and values (16 = unquantized)
 
     @property
     def kv_cache_usage(self) -> float:

@@ -37,6 +37,20 @@ class Action:
 CONTINUE = Action()
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What `verify` decides for one request's drafts: the first `num_accepted` are kept. `next_token`
+    is the token at the first rejected position when the verifier chose it (rejection sampling draws it
+    from the residual distribution); None lets the engine sample it from the target."""
+
+    num_accepted: int
+    next_token: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_accepted < 0:
+            raise ValueError(f"Verdict.num_accepted must be >= 0, got {self.num_accepted}")
+
+
 class Plugin:
     """Base class. Subclasses are dataclasses registered with `@register_plugin(name)`."""
 
@@ -70,8 +84,9 @@ class Plugin:
         """Decode steps: draft token ids per request id."""
         return {}
 
-    def verify(self, batch: Any, drafts: dict[str, list[int]], logits: Any) -> dict[str, int]:
-        """Decode steps: number of accepted draft tokens per request id."""
+    def verify(self, batch: Any, drafts: dict[str, list[int]], logits: Any) -> dict[str, int | Verdict]:
+        """Decode steps: number of accepted draft tokens (or a Verdict) per request id; `logits` maps a
+        request id to its [drafts + 1, V] target logits. Requests left out get the engine's default."""
         return {}
 
     def on_tokens(self, request: Request, new_token_ids: list[int]) -> Action:
@@ -81,6 +96,11 @@ class Plugin:
     def route(self, request: Any) -> str | None:
         """Server, before the engine: the model variant to serve this request (None: default)."""
         return None
+
+    def metric_collectors(self) -> list:
+        """prometheus_client collectors of this plugin's own metrics (`tessera_<plugin>_...`); the
+        server registers them on its /metrics registry once the engine has started."""
+        return []
 
     def validate_options(self, options: dict) -> BaseModel:
         """Validates per-request options; raises pydantic.ValidationError (the server maps it to 400)."""

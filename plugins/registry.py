@@ -26,11 +26,24 @@ def register_plugin(name: str):
     return wrap
 
 
+def _load_builtin_plugins() -> None:
+    """Imports every sub-package of `plugins/`: each registers its plugin by decorator."""
+    import importlib
+    import pkgutil
+
+    import plugins
+
+    for info in pkgutil.iter_modules(plugins.__path__):
+        if info.ispkg:
+            importlib.import_module(f"plugins.{info.name}")
+
+
 def _load_entry_points() -> None:
     global _ENTRY_POINTS_LOADED
     if _ENTRY_POINTS_LOADED:
         return
     _ENTRY_POINTS_LOADED = True
+    _load_builtin_plugins()
     for ep in entry_points(group="tessera.plugins"):
         cls = ep.load()
         if ep.name not in _REGISTRY:

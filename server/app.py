@@ -33,6 +33,8 @@ def create_app(backend: EngineBackend, settings: ServerSettings | None = None) -
     async def lifespan(app: FastAPI):
         await backend.start()
         state.metrics.bind(state.model_name)  # a backend may know its model's name only once loaded
+        for plugin in getattr(getattr(backend, "engine", None), "plugins", None) or ():
+            state.metrics.add_collectors(plugin.metric_collectors())
         state.started = True
         logger.info("serving %s (context window %d tokens)", state.model_name, backend.max_model_len)
         try:

@@ -63,6 +63,10 @@ class _EngineStatsCollector(Collector):
         yield self._counter("prompt_tokens", "Prefill tokens processed.", s.prompt_tokens_total)
         yield self._counter("generation_tokens", "Tokens generated.", s.generation_tokens_total)
         yield self._counter("engine_steps", "Engine steps run.", s.num_steps)
+        yield self._gauge("kv_cache_bytes_per_token", "KV cache bytes per token, all layers, scales included.",
+                          s.kv_bytes_per_token)
+        yield self._gauge("kv_cache_bits_mean", "Mean KV bits over layers, keys and values (16 = unquantized).",
+                          s.kv_bits_mean)
 
 
 class ServerMetrics:
@@ -97,6 +101,11 @@ class ServerMetrics:
         self.e2e = self._e2e.labels(**self._labels)
         self.queue_time = self._queue_time.labels(**self._labels)
         self._inflight_gauge.labels(**self._labels).set_function(self._inflight)
+
+    def add_collectors(self, collectors: Iterable[Collector]) -> None:
+        """Extra collectors (plugins export their own `tessera_<plugin>_*` series)."""
+        for c in collectors:
+            self.registry.register(c)
 
     def finished(self, reason: str | None) -> None:
         self._success.labels(**self._labels, finished_reason=reason or "unknown").inc()

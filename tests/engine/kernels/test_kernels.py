@@ -99,6 +99,8 @@ def test_device_kernel_matches_reference(entry):
         for rows in (1, 2, 17, 130):
             x = torch.randn(rows, 96, generator=g)
             torch.testing.assert_close(got_mod(x.to(dev)).cpu(), want_mod(x), atol=1e-4, rtol=1e-5)
+    elif entry.device_type == "cuda" and entry.name.startswith("triton"):
+        pytest.skip("compared with its reference in tests/engine/kernels/test_triton_*.py")
     else:
         pytest.fail(f"no comparison written for op {entry.op!r}: add one")
 
