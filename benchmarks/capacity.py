@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("capacity", help="KV capacity and throughput: unquantized vs quantized cache",
                               description=__doc__)
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--config", default="benchmarks/results/kv/smollm2-kv-4bit.yaml",
+    p.add_argument("--config", default="benchmarks/results/kv/smollm2-kivi-4bit.yaml",
                    help="kv_mixed_precision YAML (or a preset name: kv8, k8v4, kv4, ...)")
     p.add_argument("--input-len", type=int, default=1024)
     p.add_argument("--output-len", type=int, default=64)

@@ -6,64 +6,23 @@ without a compiler is slower, not broken."""
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-import platform
-import threading
-from pathlib import Path
-
 import torch
 
 from engine.attention_metadata import AttentionMetadata
 from engine.kernels import reference
+from engine.kernels.cpp_extension import CppExtension
 from engine.kernels.registry import register_kernel
 
-log = logging.getLogger(__name__)
-_SRC = Path(__file__).parent / "csrc" / "paged_attention.cpp"
-_lock = threading.Lock()
-_module = None
-_failed = False
-
-
-def _cpu_tag() -> str:
-    # -march=native code must never be reused on a different CPU: the build dir is keyed by its flags
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line
-                break
-    except OSError:
-        flags = platform.processor()
-    return hashlib.sha1(flags.encode()).hexdigest()[:10]
+_EXT = CppExtension("tessera_cpu_attention", "paged_attention.cpp")
 
 
 def load_extension():
     """The compiled module, or None when it cannot be built here (set TESSERA_NO_CPP=1 to skip)."""
-    global _module, _failed
-    if _module is not None or _failed:
-        return _module
-    with _lock:
-        if _module is not None or _failed:
-            return _module
-        if os.environ.get("TESSERA_NO_CPP") == "1" or platform.machine() not in ("x86_64", "AMD64", "aarch64"):
-            _failed = True
-            return None
-        try:
-            from torch.utils.cpp_extension import load
-
-            flags = ["-O3", "-fopenmp"] + (["-march=native"] if platform.machine() == "x86_64" else [])
-            _module = load(name=f"tessera_cpu_attention_{_cpu_tag()}", sources=[str(_SRC)],
-                           extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
-        except Exception as exc:  # no compiler, no ninja, headers missing...
-            log.warning("CPU attention kernel unavailable, using the reference: %s", exc)
-            _failed = True
-    return _module
+    return _EXT.load()
 
 
 def available() -> bool:
-    return load_extension() is not None
+    return _EXT.available()
 
 
 def _rows(meta: AttentionMetadata, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -102,4 +61,4 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
     if q.dtype != torch.float32 or k_cache.dtype != torch.float32:
         return reference.paged_attention(q, k, v, k_cache, v_cache, meta, scale)
     tables, seq_of, ctx_of = _rows(meta, q.device)
-    return _module.paged_attention_rows(q, k_cache, v_cache, tables, seq_of, ctx_of, scale)
+    return _EXT.load().paged_attention_rows(q, k_cache, v_cache, tables, seq_of, ctx_of, scale)

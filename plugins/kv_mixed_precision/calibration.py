@@ -12,17 +12,17 @@ from tqdm import tqdm
 from engine.fidelity import compare_logprobs, teacher_forced_logprobs
 from engine.kv_storage import create_kv_storage
 from plugins.kv_mixed_precision.config import MODES, LayerBits, mean_bits, to_yaml_dict
-from plugins.kv_mixed_precision.search import Candidate, fronts, greedy, nsga2, predicted
+from plugins.kv_mixed_precision.search import Candidate, fronts, greedy, nsga2, predicted, refine
 from plugins.kv_mixed_precision.sensitivity import layer_spec, measure
 
 
 @dataclass(frozen=True)
 class CalibrationConfig:
     budget: float = 4.0
-    mode: str = "per_token"
-    group_size: int = 32
+    mode: str = "kivi"
+    group_size: int = 16
     bits: tuple[int, ...] = (2, 4, 8)
-    num_texts: int = 2
+    num_texts: int = 8
     text_tokens: int = 256
     trials: int = 1500
     candidates: int = 4
@@ -80,8 +80,9 @@ def _search(engine, cfg, budget, sens, pairs, sequences, reference, measured_s, 
     seed = greedy(sens, fronts(sens), budget)
     found = nsga2(sens, budget, cfg.trials, cfg.seed, progress, seeds=[seed])
     pool = found[:cfg.candidates]
-    if all(c.assignment != seed for c in pool):
-        pool.append(Candidate(seed, predicted(sens, seed)))
+    for extra in [seed] + [refine(sens, fronts(sens), c.assignment, budget) for c in found[:cfg.candidates]]:
+        if all(c.assignment != extra for c in pool):
+            pool.append(Candidate(extra, predicted(sens, extra)))
     uniform = [p for p in pairs if p.mean == budget and p.key_bits >= p.value_bits]
     checks = []
     for c in tqdm(pool, desc=f"measure candidates ({budget} bits)", unit="config", disable=not progress):

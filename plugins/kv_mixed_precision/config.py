@@ -9,7 +9,7 @@ from pathlib import Path
 BITS = (2, 4, 8, 16)
 MODES = ("per_token", "kivi")
 PRESETS: dict[str, tuple[int, int]] = {
-    "kv16": (16, 16), "kv8": (8, 8), "k8v4": (8, 4), "kv4": (4, 4), "k4v2": (4, 2), "kv2": (2, 2),
+    "kv16": (16, 16), "kv8": (8, 8), "k8v4": (8, 4), "kv4": (4, 4), "k4v2": (4, 2), "k2v4": (2, 4), "kv2": (2, 2),
 }
 
 

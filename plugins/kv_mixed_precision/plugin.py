@@ -22,8 +22,8 @@ class KVMixedPrecisionPlugin(Plugin):
     preset: str | None = None
     layers: dict | None = None
     config: str | None = None
-    mode: str = "per_token"  # per_token | kivi
-    group_size: int = 32  # channels per scale/minimum pair along the head dimension (at most head_dim)
+    mode: str = "kivi"  # kivi | per_token
+    group_size: int = 16  # channels per scale/minimum pair along the head dimension (at most head_dim)
     calibration: dict = field(default_factory=dict)  # measured fidelity of a searched config (informational)
 
     hooks = frozenset({"kv_spec"})

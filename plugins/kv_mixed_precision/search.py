@@ -78,9 +78,11 @@ def nsga2(sens: Sensitivity, budget: float, trials: int, seed: int, progress: bo
         if len(idx) == n:
             study.enqueue_trial(idx)
     study.optimize(objective, n_trials=trials, show_progress_bar=progress)
+    # every feasible trial, not only the Pareto front: the front holds one solution per bit level, and
+    # the best few at the budget itself are what the measured check should choose among
     seen, out = set(), []
-    for t in study.best_trials:
-        if t.values[1] > budget + 1e-9:
+    for t in study.trials:
+        if t.values is None or t.values[1] > budget + 1e-9:
             continue
         a = assignment_of(t.params)
         key = tuple(sorted((k, v.key_bits, v.value_bits) for k, v in a.items()))
@@ -89,3 +91,38 @@ def nsga2(sens: Sensitivity, budget: float, trials: int, seed: int, progress: bo
             out.append(Candidate(a, t.values[0]))
     out.sort(key=lambda c: c.predicted_kl)
     return out
+
+
+def refine(sens: Sensitivity, front: list[list[LayerBits]], start: dict[int, LayerBits],
+           budget: float) -> dict[int, LayerBits]:
+    """Local search on the predicted KL from `start`: take the best single-layer change or pair of changes
+    (one layer up the front, another down) that keeps the mean bits within the budget, until none helps."""
+    pick = {layer: front[layer].index(start[layer]) for layer in start}
+    limit = budget * len(front) + 1e-9
+
+    def cost(layer: int, j: int) -> float:
+        return sens.predicted_kl(layer, front[layer][j])
+
+    total = sum(front[layer][pick[layer]].mean for layer in pick)
+    while True:
+        best, best_gain = None, 1e-15
+        moves = [(layer, j) for layer in pick for j in range(len(front[layer])) if j != pick[layer]]
+        for a, ja in moves:
+            da = front[a][ja].mean - front[a][pick[a]].mean
+            ga = cost(a, pick[a]) - cost(a, ja)
+            if total + da <= limit and ga > best_gain:
+                best, best_gain = ((a, ja),), ga
+            if ga <= 0:
+                continue
+            for b, jb in moves:
+                if b == a:
+                    continue
+                db = front[b][jb].mean - front[b][pick[b]].mean
+                gain = ga + cost(b, pick[b]) - cost(b, jb)
+                if total + da + db <= limit and gain > best_gain:
+                    best, best_gain = ((a, ja), (b, jb)), gain
+        if best is None:
+            return {layer: front[layer][j] for layer, j in pick.items()}
+        for layer, j in best:
+            total += front[layer][j].mean - front[layer][pick[layer]].mean
+            pick[layer] = j

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from engine.attention_metadata import AttentionMetadata
+from engine.attention_metadata import AttentionMetadata, PrefillSpan
 from engine.fidelity import compare_logprobs, teacher_forced_logprobs
 from engine.kv_spec import KVSpec
 from engine.kv_storage import create_kv_storage
@@ -50,19 +50,20 @@ def layer_spec(default: KVSpec, bits: LayerBits, mode: str, group_size: int) -> 
 
 
 def attention_error(records, spec: KVSpec, block_size: int, scale: float) -> float:
-    """Relative squared error of the attention output over the recorded spans with K/V stored as `spec`."""
+    """Relative squared error of the attention output over the recorded spans with K/V stored as `spec`
+    (read through the storage's own attention, so residual and sink blocks count as they do in serving)."""
     num, den = 0.0, 0.0
     for q, k, v in records:
         t = k.shape[0]
         nb = -(-t // block_size)
+        table = torch.arange(nb, device=k.device)
         store = create_kv_storage(spec, nb, block_size, k.device)
-        store.write(k, v, AttentionMetadata(block_size, torch.arange(t, device=k.device)))
-        kq, vq = store.gather(torch.arange(nb, device=k.device))
-        qh = q.transpose(0, 1)
-        exact = F.scaled_dot_product_attention(qh, k.transpose(0, 1), v.transpose(0, 1), is_causal=True,
-                                               scale=scale, enable_gqa=True)
-        approx = F.scaled_dot_product_attention(qh, kq[:t].transpose(0, 1), vq[:t].transpose(0, 1),
-                                                is_causal=True, scale=scale, enable_gqa=True)
+        meta = AttentionMetadata(block_size, torch.arange(t, device=k.device),
+                                 prefills=[PrefillSpan(0, t, t, table)])
+        store.write(k, v, meta)
+        approx = store.attend(q, k, v, meta, scale)
+        exact = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                               is_causal=True, scale=scale, enable_gqa=True).transpose(0, 1)
         num += float((approx - exact).pow(2).sum())
         den += float(exact.pow(2).sum())
     return num / max(den, 1e-30)

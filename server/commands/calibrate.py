@@ -17,10 +17,10 @@ def register(subparsers) -> None:
                    help="largest mean bits over layers and K/V; a comma-separated list shares one sensitivity run")
     k.add_argument("--out", required=True, help="output YAML (the plugin's options); with several budgets it "
                                                 "must contain {budget}")
-    k.add_argument("--mode", default="per_token", choices=["per_token", "kivi"])
-    k.add_argument("--group-size", type=int, default=32)
+    k.add_argument("--mode", default="kivi", choices=["kivi", "per_token"])
+    k.add_argument("--group-size", type=int, default=16)
     k.add_argument("--bits", default="2,4,8", help="candidate bit widths for keys and values (16 = unquantized)")
-    k.add_argument("--num-texts", type=int, default=2, help="calibration sequences (one topic each)")
+    k.add_argument("--num-texts", type=int, default=8, help="calibration sequences (one topic each)")
     k.add_argument("--text-tokens", type=int, default=256)
     k.add_argument("--trials", type=int, default=1500, help="NSGA-II trials on the predicted KL")
     k.add_argument("--candidates", type=int, default=4, help="best predicted solutions measured for real")
@@ -52,7 +52,9 @@ def run(args) -> int:
     cfg = CalibrationConfig(budget=budgets[0], mode=args.mode, group_size=args.group_size, bits=bits,
                             num_texts=args.num_texts, text_tokens=args.text_tokens, trials=args.trials,
                             candidates=args.candidates, seed=args.seed)
-    blocks = args.num_texts * (-(-args.text_tokens // 16) + 1) + 4
+    # three times what the texts fill, so the KIVI staging pool (one slot per 16 blocks) holds every
+    # text's sink and residual block
+    blocks = 3 * args.num_texts * (-(-args.text_tokens // 16) + 1) + 4
     engine = LLMEngine(EngineConfig(
         model=ModelConfig(dtype="float32", **({"model": args.model} if args.model else {})),
         cache=CacheConfig(enable_prefix_caching=False, num_blocks=blocks),

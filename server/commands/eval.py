@@ -8,6 +8,8 @@ import argparse
 import sys
 import time
 
+from server.commands.plugin_args import add_plugin_args, plugin_specs
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="quality evaluations")
@@ -15,11 +17,7 @@ def register(subparsers) -> None:
     f = sub.add_parser("fidelity", help="KL / top-1 / greedy match of a plugin config vs the unmodified engine",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__)
     f.add_argument("--model", default=None, help="registered name, HF directory, .gguf (default: SmolLM2-135M)")
-    f.add_argument("--plugins", default="", help="comma-separated plugins to enable")
-    f.add_argument("--plugin-config", action="append", default=[], metavar="NAME=PATH.yaml",
-                   help="a plugin's options from a YAML mapping (enables it); repeatable")
-    f.add_argument("--plugin-option", action="append", default=[], metavar="NAME.KEY=VALUE",
-                   help="one plugin option, VALUE parsed as YAML (enables the plugin); repeatable")
+    add_plugin_args(f)
     f.add_argument("--variants", default=None, help="YAML {label: {plugin: {options}}} evaluated side by side")
     f.add_argument("--split", default="heldout", choices=["heldout", "calibration"])
     f.add_argument("--num-texts", type=int, default=8, help="teacher-forced sequences (one topic each)")
@@ -32,34 +30,6 @@ def register(subparsers) -> None:
     f.add_argument("--json", default=None, help="output JSON path")
     f.add_argument("--no-progress", dest="progress", action="store_false")
     f.set_defaults(func=run)
-
-
-def plugin_specs(plugins: str, configs: list[str], options: list[str]) -> tuple[tuple[str, dict], ...]:
-    """Merges --plugins, --plugin-config and --plugin-option into the engine's (name, options) pairs."""
-    from pathlib import Path
-
-    import yaml
-
-    from plugins.registry import get_plugin_class
-
-    specs: dict[str, dict] = {n.strip(): {} for n in plugins.split(",") if n.strip()}
-    for item in configs:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--plugin-config expects NAME=PATH.yaml, got {item!r}")
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"--plugin-config {name}: {path} must hold a YAML mapping")
-        specs.setdefault(name, {}).update(data)
-    for item in options:
-        key, sep, value = item.partition("=")
-        name, dot, opt = key.partition(".")
-        if not sep or not dot or not name or not opt:
-            raise ValueError(f"--plugin-option expects NAME.KEY=VALUE, got {item!r}")
-        specs.setdefault(name, {})[opt] = yaml.safe_load(value)
-    for name in specs:
-        get_plugin_class(name)
-    return tuple(specs.items())
 
 
 def load_variants(path: str) -> dict[str, tuple[tuple[str, dict], ...]]:
@@ -101,7 +71,7 @@ def run(args) -> int:
             raise ValueError("--variants replaces --plugins/--plugin-config/--plugin-option; give one or the other")
         variants = load_variants(args.variants)
     else:
-        specs = plugin_specs(args.plugins, args.plugin_config, args.plugin_option)
+        specs = plugin_specs(args)
         variants = {"+".join(n for n, _ in specs) or "unmodified": specs}
     t0 = time.perf_counter()
     ref = build_engine(args.model, args.dtype, args.device, (), args.text_tokens)

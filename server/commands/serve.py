@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 import logging
 import os
-from pathlib import Path
+
+from server.commands.plugin_args import add_plugin_args, plugin_specs
 
 API_KEY_ENV = "TESSERA_API_KEY"
 
@@ -32,9 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--request-timeout", type=float, default=None, help="abort a request after this many seconds")
     p.add_argument("--cors-origins", nargs="+", default=[], metavar="ORIGIN",
                    help="allowed CORS origins (space or comma separated); CORS is off when none are given")
-    p.add_argument("--plugins", type=_csv, default=[], help="comma-separated plugins to enable")
-    p.add_argument("--plugin-config", action="append", default=[], metavar="NAME=PATH.yaml",
-                   help="hyperparameters of a plugin from a YAML mapping (enables the plugin); repeatable")
+    add_plugin_args(p)
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or npu")
     p.add_argument("--max-num-seqs", type=int, default=64, help="sequences decoded together per step")
@@ -43,25 +42,6 @@ def register(subparsers) -> None:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--disable-access-log", action="store_true", help="no uvicorn line per request")
     p.set_defaults(func=run)
-
-
-def _plugin_specs(args: argparse.Namespace) -> tuple[tuple[str, dict], ...]:
-    import yaml
-
-    from plugins.registry import get_plugin_class
-
-    options: dict[str, dict] = {name: {} for name in args.plugins}
-    for item in args.plugin_config:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--plugin-config expects NAME=PATH.yaml, got {item!r}")
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"--plugin-config {name}: {path} must hold a YAML mapping of options")
-        options.setdefault(name, {}).update(data)
-    for name in options:
-        get_plugin_class(name)  # unknown names fail here, before the model loads
-    return tuple(options.items())
 
 
 def build_settings(args: argparse.Namespace):
@@ -74,7 +54,7 @@ def build_settings(args: argparse.Namespace):
         max_num_seqs=args.max_num_seqs, shutdown_timeout=args.shutdown_timeout,
         request_timeout=args.request_timeout,
         cors_origins=tuple(o for value in args.cors_origins for o in _csv(value)),
-        plugins=tuple(name for name, _ in _plugin_specs(args)),
+        plugins=tuple(name for name, _ in plugin_specs(args)),
     )
 
 
@@ -86,7 +66,7 @@ def build_engine_config(args: argparse.Namespace):
     return EngineConfig(model=model, device=DeviceConfig(device=args.device),
                         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs,
                                                   max_num_batched_tokens=args.max_num_batched_tokens),
-                        plugins=_plugin_specs(args))
+                        plugins=plugin_specs(args))
 
 
 def serve(backend, settings, log_level: str = "info", access_log: bool = True) -> int:

@@ -65,7 +65,7 @@ def test_identical_engines_score_perfectly_and_a_quantized_one_does_not():
     assert same.kl_mean == pytest.approx(0.0, abs=1e-6)
     assert same.top1_agreement == 1.0 and same.match_len_mean == 8.0 and same.num_positions == 3 * 47
     quant = make_engine("synthetic:tiny", prefix_caching=False,
-                        plugins=(("kv_mixed_precision", {"preset": "kv2", "group_size": 16}),))
+                        plugins=(("kv_mixed_precision", {"preset": "kv2", "mode": "per_token", "group_size": 16}),))
     worse = ev.evaluate(quant)
     assert worse.kl_mean > 1e-4
     figs, base = kv_cache_figures(quant), kv_cache_figures(ref)

@@ -72,3 +72,9 @@ def test_plugin_config(tmp_path):
         build_settings(parse("--plugins", "no_such_plugin"))
     with pytest.raises(ValueError):
         build_settings(parse("--plugin-config", "oops"))
+    with pytest.raises(ValueError, match="no such file"):
+        build_settings(parse("--plugin-config", f"test_serve_plugin={tmp_path / 'missing.yaml'}"))
+    args = parse("--plugin-config", f"test_serve_plugin={cfg_file}", "--plugin-option", "test_serve_plugin.alpha=2")
+    assert build_engine_config(args).plugins == (("test_serve_plugin", {"alpha": 2}),)  # the option wins
+    with pytest.raises(ValueError, match="NAME.KEY=VALUE"):
+        build_settings(parse("--plugin-option", "alpha=2"))

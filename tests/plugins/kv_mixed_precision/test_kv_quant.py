@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.attention_metadata import AttentionMetadata
+from engine.attention_metadata import AttentionMetadata, PrefillSpan
 from engine.kernels import kv_quant
 from engine.kernels.registry import KERNELS, get_kernel
 from engine.kv_spec import KVSpec
@@ -40,8 +40,10 @@ def test_pack_unpack_inverse_and_dense(bits):
     packed = kv_quant.pack(codes, bits)
     assert packed.shape == (5, 32 * bits // 8)
     assert torch.equal(kv_quant.unpack(packed, bits), codes)
-    if bits == 4:  # two codes per byte, lowest nibble first
-        assert int(packed[0, 0]) == int(codes[0, 0]) | (int(codes[0, 1]) << 4)
+    if bits == 4:  # 16 bytes: byte i holds code i in its low nibble, code 16 + i in its high one
+        assert int(packed[0, 3]) == int(codes[0, 3]) | (int(codes[0, 19]) << 4)
+    if bits == 2:
+        assert int(packed[1, 0]) == sum(int(codes[1, 8 * r]) << (2 * r) for r in range(4))
 
 
 def test_ops_registered_with_reference():
@@ -50,10 +52,11 @@ def test_ops_registered_with_reference():
 
 
 def _allocated_bytes(store) -> int:
-    """Bytes of every cache tensor (int64 index bookkeeping excluded, like the engine's block tables)."""
+    """Bytes of every cache tensor (int64 indices and bool flags are bookkeeping, excluded like the
+    engine's block tables)."""
     objs = [store] + [getattr(store, side) for side in ("keys", "values")]
     return sum(t.numel() * t.element_size() for o in objs for t in vars(o).values()
-               if isinstance(t, torch.Tensor) and t.dtype != torch.long)
+               if isinstance(t, torch.Tensor) and t.dtype not in (torch.long, torch.bool))
 
 
 @pytest.mark.parametrize("storage,kb,vb", [("kv_per_token", 8, 8), ("kv_per_token", 4, 2), ("kv_per_token", 16, 4),
@@ -115,3 +118,65 @@ def test_kivi_flushes_and_reopens_when_staging_is_full():
     store.write(c, c, AttentionMetadata(bs, torch.tensor([3])))  # block 0 reopened and completed
     ks, _ = store.gather(torch.tensor([0]))
     assert float((ks[3] - c[0]).abs().max()) <= float(torch.cat([a, c]).amax() - torch.cat([a, c]).amin()) / 127
+
+
+def test_default_kivi_four_bit_cache_is_under_30_percent_of_fp32():
+    dense32 = KVSpec.dense(3, 64, torch.float32).page_bytes(16)
+    spec = KVSpec(3, 64, torch.float32, storage="kv_kivi", key_bits=4, value_bits=4, group_size=16,
+                  quant_mode="kivi")
+    assert spec.page_bytes(16) / dense32 <= 0.30  # staging pool for residual and sink blocks included
+
+
+def _kivi(bits=4, num_blocks=64, bs=4, kvh=1, d=16):
+    spec = KVSpec(kvh, d, torch.float32, storage="kv_kivi", key_bits=bits, value_bits=bits, group_size=16,
+                  quant_mode="kivi")
+    return create_kv_storage(spec, num_blocks, bs, torch.device("cpu"))
+
+
+def _span_meta(bs, start, n, table):
+    pos = torch.arange(start, start + n)
+    return AttentionMetadata(bs, table[pos // bs] * bs + pos % bs, prefills=[PrefillSpan(0, n, start + n, table)])
+
+
+def test_kivi_span_reads_what_decode_read_at_each_position():
+    """Prefill of a whole sequence gives every position the output that decoding it token by token gave:
+    own block and first block exact, every other block quantized."""
+    g = torch.Generator().manual_seed(0)
+    t, bs, h = 23, 4, 2
+    q, k, v = (torch.randn(t, n, 16, generator=g) for n in (h, 1, 1))
+    table = torch.arange(8)
+    whole = _kivi()
+    meta = _span_meta(bs, 0, t, table)
+    whole.write(k, v, meta)
+    out_span = whole.attend(q, k, v, meta, 0.25)
+    step = _kivi()
+    outs = []
+    for i in range(t):
+        m = AttentionMetadata(bs, torch.tensor([i]), num_decode_tokens=1, decode_block_tables=table.unsqueeze(0),
+                              decode_context_lens=torch.tensor([i + 1]), decode_max_context=i + 1)
+        step.write(k[i:i + 1], v[i:i + 1], m)
+        outs.append(step.attend(q[i:i + 1], k[i:i + 1], v[i:i + 1], m, 0.25))
+    out_decode = torch.cat(outs)
+    assert torch.allclose(out_span, out_decode, atol=1e-5), float((out_span - out_decode).abs().max())
+    exact = torch.nn.functional.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1),
+                                                             v.transpose(0, 1), is_causal=True, scale=0.25,
+                                                             enable_gqa=True).transpose(0, 1)
+    assert torch.allclose(out_span[:2 * bs], exact[:2 * bs], atol=1e-5)  # blocks 0, 1: all read exact
+    assert not torch.allclose(out_span[2 * bs:], exact[2 * bs:], atol=1e-3)  # block 1 read quantized later
+
+
+def test_kivi_first_block_stays_exact_until_the_pool_needs_its_slot():
+    g = torch.Generator().manual_seed(1)
+    bs = 4
+    store = _kivi(bits=2, num_blocks=32, bs=bs)  # 32 // 16 = 2 staging slots
+    k = torch.randn(12, 1, 16, generator=g)
+    store.write(k, k, _span_meta(bs, 0, 12, torch.tensor([5, 6, 7])))
+    ks, _ = store.gather(torch.tensor([5, 6]))
+    assert torch.equal(ks[:bs], k[:bs])  # the sink block
+    assert not torch.equal(ks[bs:], k[bs:2 * bs])  # an ordinary finished block: quantized
+    other = torch.randn(6, 1, 16, generator=g)  # two more sequences' unfinished blocks take both slots
+    store.write(other[:3], other[:3], _span_meta(bs, 0, 3, torch.tensor([9])))
+    store.write(other[3:], other[3:], _span_meta(bs, 0, 3, torch.tensor([11])))
+    ks, _ = store.gather(torch.tensor([5]))
+    assert not torch.equal(ks[:bs], k[:bs])  # evicted: read from its quantized copy
+    assert float((ks[:bs] - k[:bs]).abs().max()) <= float(k[:bs].amax() - k[:bs].amin()) / 3
