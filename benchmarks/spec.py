@@ -4,10 +4,14 @@ plugin, side by side in one process and one run, on the default model.
 Workloads (output tokens per second, plugin on / plugin off, runs interleaved so load drift hits both):
 - copy_b1: batch 1, greedy; each prompt asks the model to copy or lightly edit a given text or code,
   so the answer repeats the prompt. Proposers ngram and suffix; the better one is the headline.
-- best_of_4: n = 4 samples at temperature 0.6 per chat prompt, batch of one request (4 sequences);
-  proposer suffix, whose family index shares each sample's text with its siblings.
+- best_of_4: n = 4 samples at temperature 0.6 per prompt (short code and math answers and ordinary
+  chat, the way best-of-N is used), batch of one request (4 sequences); proposer suffix, whose family
+  index shares each sample's text with its siblings.
 - chat_c64: 64 concurrent ordinary chat requests, greedy; plugin with its default settings (ngram,
-  switched off above max_batch_size decoding requests).
+  switched off above max_batch_size decoding requests). `--chat-repeats` ABBA repeats; the JSON also
+  states the time the plugin's per-step hooks took (plugin_hook_ms_per_step) on the plugin side.
+Every side-by-side workload runs its repeats in ABBA order (off,on then on,off ...); `speedup` is the
+median of the per-repeat ratios, each repeat's figures are listed under `repeats`.
 - judge: batch 1, greedy, draft proposer (layer-skipping self-draft of the target) on its own engine
   with the load governor out of the way (k drafts every step), so the sweep measures the judge itself;
   the lossless verifier and then the judge at each tau, each tau timed against plugin-off runs of the
@@ -86,6 +90,29 @@ CHAT_PROMPTS = [
     "Explain how rain forms.", "Write a short poem about the moon.", "How does a refrigerator work?",
 ]
 
+# best-of-N as it is used: short code and math answers (where a verifier or a vote picks the best
+# sample) mixed with ordinary chat; all distinct, so no request's answer was seen before
+BEST_OF_PROMPTS = [
+    "Write a Python function that checks whether a string is a palindrome.",
+    "What is 15% of 240? Show your steps.",
+    "Explain how a bicycle works.",
+    "Write a Python function that returns the factorial of n.",
+    "Solve for x: 3x + 7 = 22. Show your steps.",
+    "Write a short story about a lost key.",
+    "Write a Python function that counts the vowels in a string.",
+    "A train travels 180 km in 3 hours. What is its average speed? Show your work.",
+    "Describe the water cycle.",
+    "Write a Python function that reverses a list without using reverse().",
+    "What is the sum of the first 10 positive integers? Explain briefly.",
+    "Give me tips for a job interview.",
+    "Write a Python function that returns the largest number in a list.",
+    "A shirt costs $25 and is on sale for 20% off. What is the sale price? Show your steps.",
+    "What are the benefits of exercise?",
+    "Write a Python function that checks whether a number is prime.",
+    "What is the area of a rectangle 7 cm long and 4 cm wide? Show your work.",
+    "Explain what a compiler does.",
+]
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("spec", help="speculative decoding: speed-up, accepted length, judge fidelity",
@@ -99,6 +126,7 @@ def register(subparsers) -> None:
     p.add_argument("--best-of-tokens", type=int, default=128)
     p.add_argument("--chat-requests", type=int, default=64)
     p.add_argument("--chat-tokens", type=int, default=64)
+    p.add_argument("--chat-repeats", type=int, default=6, help="interleaved (ABBA) timed runs per side")
     p.add_argument("--taus", default="0,0.5,1,2,3", help="judge thresholds (comma-separated)")
     p.add_argument("--judge-prompts", type=int, default=3)
     p.add_argument("--judge-tokens", type=int, default=48)
@@ -106,7 +134,8 @@ def register(subparsers) -> None:
     p.add_argument("--draft-layer-ratio", type=float, default=0.85,
                    help="fraction of the target's layers the self-draft keeps (first and last included)")
     p.add_argument("--draft-layers", default="", help="explicit self-draft layers, e.g. '0-20,29'")
-    p.add_argument("--repeats", type=int, default=2, help="interleaved timed runs per side")
+    p.add_argument("--repeats", type=int, default=4,
+                   help="interleaved (ABBA) timed runs per side; each repeat runs its own prompts")
     p.add_argument("--json", default=None, help="output JSON (PNG next to it); default benchmarks/results/")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -161,23 +190,38 @@ def _delta_accept_len(before: dict, after: dict) -> float:
     return (after["emitted_tokens"] - before["emitted_tokens"]) / drafts if drafts else 1.0
 
 
-def _side_by_side(plain, spec, batches, params, options, name, args) -> dict:
-    """batches: list of prompt lists, each run as one batch; repeat r runs batches[r::repeats], plain
-    then spec for each batch, so both sides see the same prompts under the same load."""
+def _side_by_side(plain, spec, batches, params, options, name, args, repeats: int | None = None) -> dict:
+    """batches: list of prompt lists, each run as one batch; repeat r runs batches[r::repeats] on both
+    engines, in ABBA order (off then on in even repeats, on then off in odd ones), so load drift and
+    warm-cache effects hit both sides alike. The headline speed-up is the median of the per-repeat
+    ratios; every repeat's figures are kept."""
+    repeats = repeats or args.repeats
     totals = {"off": [0, 0.0], "on": [0, 0.0]}
+    per_repeat = []
     before = _metrics(spec)
-    for r in range(args.repeats):
-        for prompts in batches[r::args.repeats]:
-            for side, eng, opts in (("off", plain, None), ("on", spec, options)):
+    for r in range(repeats):
+        rep = {"off": [0, 0.0], "on": [0, 0.0]}
+        sides = (("off", plain, None), ("on", spec, options))
+        for prompts in batches[r::repeats]:
+            for side, eng, opts in (sides if r % 2 == 0 else sides[::-1]):
                 tokens, secs, _ = _run(eng, prompts, params, opts, f"{name}:{side}:{r}", args)
-                totals[side][0] += tokens
-                totals[side][1] += secs
+                for acc in (totals[side], rep[side]):
+                    acc[0] += tokens
+                    acc[1] += secs
+        tps = {side: t / s for side, (t, s) in rep.items()}
+        per_repeat.append({"order": "off,on" if r % 2 == 0 else "on,off", "tokens_per_s_off": tps["off"],
+                           "tokens_per_s_on": tps["on"], "speedup": tps["on"] / tps["off"]})
     after = _metrics(spec)
     tps = {side: t / s for side, (t, s) in totals.items()}
-    return {"speedup": tps["on"] / tps["off"], "accept_len_mean": _delta_accept_len(before, after),
+    ratios = [rep["speedup"] for rep in per_repeat]
+    return {"speedup": statistics.median(ratios), "speedup_pooled": tps["on"] / tps["off"],
+            "speedup_min": min(ratios), "speedup_max": max(ratios),
+            "accept_len_mean": _delta_accept_len(before, after),
             "tokens_per_s_off": tps["off"], "tokens_per_s_on": tps["on"],
+            "seconds_off": totals["off"][1], "seconds_on": totals["on"][1],
             "acceptance_rate": _rate(before, after), "steps_off": {
-                k: after["steps_off"][k] - before["steps_off"][k] for k in after["steps_off"]}}
+                k: after["steps_off"][k] - before["steps_off"][k] for k in after["steps_off"]},
+            "repeats": per_repeat}
 
 
 def _rate(before: dict, after: dict) -> float:
@@ -207,10 +251,16 @@ def best_of_4(plain, spec, args) -> dict:
 
     params = SamplingParams(n=4, temperature=0.6, max_tokens=args.best_of_tokens, seed=args.seed)
     count = args.best_of_prompts * args.repeats
-    batches = [[_chat(plain, p)] for p in (CHAT_PROMPTS * count)[:count]]
+    batches = [[_chat(plain, p)] for p in (BEST_OF_PROMPTS * count)[:count]]
     res = _side_by_side(plain, spec, batches, params, {"spec_decode": {"proposer": "suffix", "k": args.k}},
                         "best_of_4", args)
-    return {**res, "proposer": "suffix"}
+    # what bounds the gain: a verified draft adds per_draft seconds to a step of plain_step seconds, and
+    # the 4 samples advance in lock-step, so the family is as fast as its least lucky sample
+    cost = spec.plugins[0].step_cost
+    plain_step = cost.plain_step(params.n)
+    per_draft = cost.estimate(params.n)[1] if cost.estimate(params.n) else None
+    return {**res, "proposer": "suffix", "plain_step_ms": None if plain_step is None else 1000 * plain_step,
+            "per_draft_ms": None if per_draft is None else 1000 * per_draft}
 
 
 def chat_c64(plain, spec, args) -> dict:
@@ -219,8 +269,43 @@ def chat_c64(plain, spec, args) -> dict:
     texts = [CHAT_PROMPTS[i % len(CHAT_PROMPTS)] + f" (request {i})" for i in range(args.chat_requests)]
     params = SamplingParams(temperature=0.0, max_tokens=args.chat_tokens)
     batch = [_chat(plain, t) for t in texts]
-    res = _side_by_side(plain, spec, [batch] * args.repeats, params, None, "chat_c64", args)
-    return {**res, "concurrency": args.chat_requests}
+    steps_before = spec.plugins[0].metrics.steps
+    with _HookTimer(spec.plugins[0]) as hooks:
+        res = _side_by_side(plain, spec, [batch] * args.chat_repeats, params, None, "chat_c64", args,
+                            repeats=args.chat_repeats)
+    steps = spec.plugins[0].metrics.steps - steps_before
+    return {**res, "concurrency": args.chat_requests,
+            "plugin_hook_ms_per_step": 1000 * hooks.seconds / max(steps, 1),
+            "plugin_hook_fraction_of_on_time": hooks.seconds / res["seconds_on"]}
+
+
+class _HookTimer:
+    """Times the plugin's per-step hooks (propose, verify, after_forward) and the on-side runs, so the
+    JSON states what the plugin costs per step even when it speculates nothing."""
+
+    HOOKS = ("propose", "verify", "after_forward")
+
+    def __init__(self, plugin) -> None:
+        self.plugin = plugin
+        self.seconds = 0.0
+
+    def __enter__(self) -> _HookTimer:
+        for name in self.HOOKS:
+            setattr(self.plugin, name, self._timed(getattr(self.plugin, name)))
+        return self
+
+    def _timed(self, fn):
+        def wrapper(*a):
+            start = time.perf_counter()
+            try:
+                return fn(*a)
+            finally:
+                self.seconds += time.perf_counter() - start
+        return wrapper
+
+    def __exit__(self, *exc) -> None:
+        for name in self.HOOKS:
+            vars(self.plugin).pop(name, None)  # the class's own method again
 
 
 def _nll(plain, prompt: list[int], output: list[int]) -> float:
@@ -284,8 +369,8 @@ def run(args) -> int:
     known = ("copy_b1", "best_of_4", "chat_c64", "judge")
     if not wanted or any(w not in known for w in wanted):
         raise ValueError(f"--workloads must be a subset of {','.join(known)}, got {args.workloads!r}")
-    if args.repeats < 1:
-        raise ValueError("--repeats must be >= 1")
+    if args.repeats < 1 or args.chat_repeats < 1:
+        raise ValueError("--repeats and --chat-repeats must be >= 1")
     args.clock = StallClock()
     try:
         return _run_all(args, wanted)
@@ -322,7 +407,7 @@ def _run_all(args, wanted: list[str]) -> int:
 
 def _fmt(row: dict) -> str:
     return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                     if not isinstance(v, dict))
+                     if not isinstance(v, (dict, list)))
 
 
 def _plot(result: dict, path: Path) -> None:

@@ -18,6 +18,7 @@ from plugins.spec_decode.options import SpecDecodeOptions
 from plugins.spec_decode.proposal import Proposal
 from plugins.spec_decode.proposers import get_proposer_class, proposer_names
 from plugins.spec_decode.proposers.base import Proposer
+from plugins.spec_decode.step_cost import StepCost
 from plugins.spec_decode.verifiers import create_verifier, verifier_names
 from plugins.spec_decode.verifiers.judge import JudgeVerifier
 from plugins.spec_decode.verifiers.registry import Verifier
@@ -103,6 +104,11 @@ class SpecDecodePlugin(Plugin):
         if opts.verifier is not None and opts.verifier not in self._verifiers:
             raise ValueError(f"unknown verifier {opts.verifier!r}; available: {', '.join(self._verifiers)}")
         return opts
+
+    @property
+    def step_cost(self) -> StepCost:
+        """The governor's measured step costs (plain step per batch size, extra time per draft)."""
+        return self._governor.cost
 
     def metric_collectors(self) -> list:
         return [SpecDecodeCollector(self.metrics)]

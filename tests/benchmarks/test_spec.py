@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from server.cli import main
 
 
 def test_spec_bench_shape(tmp_path):
     out = tmp_path / "spec.json"
     rc = main(["bench", "spec", "--model", "synthetic:tiny", "--repeats", "1", "--copy-tokens", "8", "--copy-prompts", "1",
-               "--best-of-prompts", "1", "--best-of-tokens", "8", "--chat-requests", "4", "--chat-tokens", "4",
+               "--best-of-prompts", "1", "--best-of-tokens", "8", "--chat-requests", "4", "--chat-tokens", "4", "--chat-repeats", "2",
                "--judge-prompts", "1", "--judge-tokens", "6", "--taus", "0,5", "--draft-layers", "0",
                "--no-progress", "--json", str(out)])
     assert rc == 0
@@ -21,6 +23,14 @@ def test_spec_bench_shape(tmp_path):
         assert w["speedup"] > 0 and w["accept_len_mean"] >= 1.0
         assert w["tokens_per_s_on"] > 0 and w["tokens_per_s_off"] > 0
     assert set(data["workloads"]["copy_b1"]["by_proposer"]) == {"ngram", "suffix"}
+    assert {"plain_step_ms", "per_draft_ms"} <= set(data["workloads"]["best_of_4"])
+    # chat_c64: ABBA repeats, each one's figures kept, the headline is their median
+    chat = data["workloads"]["chat_c64"]
+    assert [r["order"] for r in chat["repeats"]] == ["off,on", "on,off"]
+    ratios = sorted(r["speedup"] for r in chat["repeats"])
+    assert chat["speedup"] == pytest.approx(sum(ratios) / 2)
+    assert chat["speedup_min"] == ratios[0] and chat["speedup_max"] == ratios[1]
+    assert 0 < chat["plugin_hook_ms_per_step"] and 0 < chat["plugin_hook_fraction_of_on_time"] < 1
     taus = [row["tau"] for row in data["judge"]]
     assert taus == [0.0, 5.0]
     for row in data["judge"]:
