@@ -50,7 +50,8 @@ class CppExtension:
             try:
                 from torch.utils.cpp_extension import load
 
-                src = self.source.read_bytes()
+                # the build is keyed by the source and the shared headers it may include
+                src = self.source.read_bytes() + b"".join(h.read_bytes() for h in sorted(CSRC.glob("*.h")))
                 tag = hashlib.sha1(src).hexdigest()[:8]
                 flags = ["-O3", "-fopenmp"] + (["-march=native"] if platform.machine() == "x86_64" else [])
                 self._module = load(name=f"{self.name}_{_cpu_tag()}_{tag}", sources=[str(self.source)],

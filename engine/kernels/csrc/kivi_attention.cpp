@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+
+#include "softmax.h"
 #ifdef __F16C__
 #include <immintrin.h>
 #endif
@@ -26,25 +28,6 @@ static inline float half_to_float(at::Half h) {
 #else
   return static_cast<float>(h);
 #endif
-}
-
-// exp for x <= 0 (Cephes expf polynomial, relative error ~2e-7); vectorizes, unlike libm's expf
-static inline float exp_nonpositive(float x) {
-  x = x < -87.3f ? -87.3f : x;
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  float r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
 }
 
 // A group of n codes is packed in m = n * BITS / 8 bytes, byte i holding codes i, m + i, 2m + i, ... from
@@ -107,21 +90,7 @@ static void attend_row(const float* qi, int64_t G, int64_t D, int64_t ctx, int64
       for (int64_t j = 0; j < n; ++j) sg[j] = tmp[j] * sc;
     }
   }
-  for (int64_t g = 0; g < G; ++g) {
-    float* s = scores.data() + g * ctx;
-    float m = s[0];
-    for (int64_t t = 1; t < ctx; ++t) m = std::max(m, s[t]);
-    float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t t = 0; t < ctx; ++t) {
-      const float e = exp_nonpositive(s[t] - m);
-      s[t] = e;
-      sum += e;
-    }
-    const float inv = 1.f / sum;
-#pragma omp simd
-    for (int64_t t = 0; t < ctx; ++t) s[t] *= inv;
-  }
+  for (int64_t g = 0; g < G; ++g) softmax_inplace(scores.data() + g * ctx, ctx);
   for (int64_t x = 0; x < G * D; ++x) out[x] = 0.f;
   const int64_t gsize = D / VG;
   float* vrow = buf.data();
