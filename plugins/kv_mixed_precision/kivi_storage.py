@@ -43,13 +43,17 @@ def staging_slots(num_blocks: int) -> int:
 
 
 def first_blocks(meta: AttentionMetadata) -> torch.Tensor:
-    """Block ids holding position 0 of the sequences in this step: [n] int64."""
+    """Block ids holding position 0 of the sequences in this step: [n] int64. Computed once per step and
+    shared by every layer through meta.extras."""
+    cached = meta.extras.get("kivi_first_blocks")
+    if cached is not None:
+        return cached
     firsts = [span.block_table[:1] for span in meta.prefills]
     if meta.num_decode_tokens:
         firsts.append(meta.decode_block_tables[:, 0])
-    if not firsts:
-        return meta.slot_mapping.new_empty(0)
-    return torch.cat(firsts)
+    out = torch.cat(firsts) if firsts else meta.slot_mapping.new_empty(0)
+    meta.extras["kivi_first_blocks"] = out
+    return out
 
 
 @register_kv_storage("kv_kivi")
