@@ -36,6 +36,9 @@ from plugins.kv_mixed_precision.pages import (
 
 log = logging.getLogger(__name__)
 STAGING_RATIO = 16
+# queries per attention call in a prefill span: the keys past a tile's end are never read, and the
+# exact copy of its own blocks is SPAN_TILE rows wide
+SPAN_TILE = 64
 
 
 def staging_slots(num_blocks: int) -> int:
@@ -246,19 +249,35 @@ class KiviKVStorage:
         return out
 
     def _attend_span(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, span, scale: float) -> torch.Tensor:
-        """q: [n, H, D], k, v: [n, KVH, D] (this step's exact rows) -> [n, H, D]. One attention over the
-        quantized and the exact copy of the context, the mask choosing the copy per (query, key) pair."""
+        """q: [n, H, D], k, v: [n, KVH, D] (this step's exact rows) -> [n, H, D].
+
+        Queries go in tiles of SPAN_TILE. A tile attends to one key sequence: the quantized context up to
+        its last position (the sink block exact), then the exact rows of the blocks its queries sit in; the
+        mask takes the quantized copy before a query's own block and the exact one within it. A tile reads
+        only the keys up to its own end, so the span costs about what causal attention costs rather than
+        a full square over two copies of the context."""
         n, ctx, bs = span.query_len, span.context_len, self.block_size
-        kq, vq = self.gather_quantized(span.block_table)
-        ke, ve = self.gather(span.block_table)
-        ke[ctx - n:ctx], ve[ctx - n:ctx] = k.to(ke.dtype), v.to(ve.dtype)
-        keys = torch.cat([kq[:ctx], ke[:ctx]]).transpose(0, 1)  # [KVH, 2 ctx, D]
-        vals = torch.cat([vq[:ctx], ve[:ctx]]).transpose(0, 1)
-        qpos = torch.arange(ctx - n, ctx, device=q.device).unsqueeze(1)
-        kpos = torch.arange(ctx, device=q.device).unsqueeze(0)
-        causal = kpos <= qpos
-        exact = (kpos // bs == qpos // bs) | (kpos < bs)
-        mask = torch.cat([causal & ~exact, causal & exact], dim=1)
-        o = F.scaled_dot_product_attention(q.transpose(0, 1), keys, vals, attn_mask=mask, scale=scale,
-                                           enable_gqa=True)
-        return o.transpose(0, 1)
+        start = ctx - n
+        table = span.block_table
+        kq, vq = self.gather_quantized(table[:-(-ctx // bs)])
+        ks, vs = self.gather(table[:1])
+        kq[:bs], vq[:bs] = ks, vs  # the sink: exact while it is staged, as decode reads it
+        lo = start // bs * bs  # first row of the first block a query of this span sits in
+        ke, ve = self.gather(table[lo // bs:-(-ctx // bs)])
+        ke[start - lo:ctx - lo], ve[start - lo:ctx - lo] = k.to(ke.dtype), v.to(ve.dtype)
+        out = torch.empty_like(q)
+        for t0 in range(0, n, SPAN_TILE):
+            t1 = min(n, t0 + SPAN_TILE)
+            first, end = start + t0, start + t1  # positions of the tile's queries: [first, end)
+            own = first // bs * bs
+            keys = torch.cat([kq[:end], ke[own - lo:end - lo]]).transpose(0, 1)  # [KVH, end + end - own, D]
+            vals = torch.cat([vq[:end], ve[own - lo:end - lo]]).transpose(0, 1)
+            qpos = torch.arange(first, end, device=q.device).unsqueeze(1)
+            qblock = qpos // bs * bs
+            kpos = torch.arange(end, device=q.device).unsqueeze(0)
+            epos = torch.arange(own, end, device=q.device).unsqueeze(0)
+            mask = torch.cat([kpos < qblock, (epos >= qblock) & (epos <= qpos)], dim=1)
+            o = F.scaled_dot_product_attention(q[t0:t1].transpose(0, 1), keys, vals, attn_mask=mask, scale=scale,
+                                               enable_gqa=True)
+            out[t0:t1] = o.transpose(0, 1)
+        return out

@@ -3,6 +3,8 @@ against plain attention over contiguous keys/values."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -65,25 +67,31 @@ def test_reference_paged_attention_matches_plain_attention():
         start += qlen
 
 
-def _kivi_case(kbits, vbits, ctx_lens=(1, 17, 40, 130), num_blocks=40, seed=0):
+def _kivi_case(kbits, vbits, ctx_lens=(1, 17, 40, 130), num_blocks=40, seed=0, kvh=KVH, h=H, bs=BS, vgroup=16):
     """Arguments of kivi_decode_attention: quantized random K/V pages, some blocks staged in full
     precision, decode rows over random block tables."""
     from engine.kernels import kv_quant
 
     g = torch.Generator().manual_seed(seed)
-    keys = torch.randn(num_blocks, BS, KVH, D, generator=g) * torch.logspace(-1, 1, D)  # uneven channels
-    vals = torch.randn(num_blocks, BS, KVH, D, generator=g)
-    kc, ks, km = kv_quant.quantize(keys.permute(0, 2, 3, 1), kbits, BS)
-    vc, vs, vm = kv_quant.quantize(vals, vbits, 16)
-    stage_k, stage_v = torch.randn(4, BS, KVH, D, generator=g), torch.randn(4, BS, KVH, D, generator=g)
+    keys = torch.randn(num_blocks, bs, kvh, D, generator=g) * torch.logspace(-1, 1, D)  # uneven channels
+    vals = torch.randn(num_blocks, bs, kvh, D, generator=g)
+    kc, ks, km = kv_quant.quantize(keys.permute(0, 2, 3, 1), kbits, bs)
+    vc, vs, vm = kv_quant.quantize(vals, vbits, vgroup)
+    stage_k, stage_v = torch.randn(4, bs, kvh, D, generator=g), torch.randn(4, bs, kvh, D, generator=g)
     perm = torch.randperm(num_blocks, generator=g)
     slot_of = torch.full((num_blocks,), -1, dtype=torch.long)
     slot_of[perm[:4]] = torch.arange(4)  # a few blocks, anywhere in the tables, read from staging
-    width = -(-max(ctx_lens) // BS)
+    width = -(-max(ctx_lens) // bs)
     tables = torch.stack([perm[torch.randperm(num_blocks, generator=g)[:width]] for _ in ctx_lens])
-    q = torch.randn(len(ctx_lens), H, D, generator=g)
+    q = torch.randn(len(ctx_lens), h, D, generator=g)
     return (q, kc, ks, km, vc, vs, vm, stage_k, stage_v, slot_of, tables, torch.tensor(ctx_lens), kbits, vbits,
             D ** -0.5)
+
+
+# (KV heads, query heads, block size, value group): the vectorized CPU path takes 16-token blocks and
+# 16-channel groups, query heads in chunks of up to 4 (1, 3, 4 + 3 below); other shapes the portable path
+KIVI_SHAPES = [(KVH, H, BS, 16), (3, 3, 16, 16), (1, 4, 16, 16), (2, 14, 16, 16), (KVH, H, 8, 16),
+               (KVH, H, 16, 32)]
 
 
 def _device_kernels():
@@ -121,10 +129,11 @@ def test_device_kernel_matches_reference(entry):
             x = torch.randn(rows, 96, generator=g)
             torch.testing.assert_close(got_mod(x.to(dev)).cpu(), want_mod(x), atol=1e-4, rtol=1e-5)
     elif entry.op == "kivi_decode_attention":
-        for kb, vb in ((8, 8), (4, 4), (4, 2), (2, 8)):
-            args = _kivi_case(kb, vb)
+        for (kb, vb), (kvh, h, bs, vgroup) in itertools.product(((8, 8), (4, 4), (4, 2), (2, 8)), KIVI_SHAPES):
+            args = _kivi_case(kb, vb, kvh=kvh, h=h, bs=bs, vgroup=vgroup)
             got = entry.fn(*[a.to(dev) if isinstance(a, torch.Tensor) else a for a in args]).cpu()
-            torch.testing.assert_close(got, ref(*args), atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(got, ref(*args), atol=2e-5, rtol=1e-5,
+                                       msg=lambda m, kb=kb, vb=vb, s=(kvh, h, bs, vgroup): f"K{kb}V{vb} {s}: {m}")
     elif entry.device_type == "cuda" and entry.name.startswith("triton"):
         pytest.skip("compared with its reference in tests/engine/kernels/test_triton_*.py")
     else:

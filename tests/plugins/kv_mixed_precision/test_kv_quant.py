@@ -138,17 +138,23 @@ def _span_meta(bs, start, n, table):
     return AttentionMetadata(bs, table[pos // bs] * bs + pos % bs, prefills=[PrefillSpan(0, n, start + n, table)])
 
 
-def test_kivi_span_reads_what_decode_read_at_each_position():
-    """Prefill of a whole sequence gives every position the output that decoding it token by token gave:
-    own block and first block exact, every other block quantized."""
+@pytest.mark.parametrize("cuts", [(23,), (150,), (37, 150), (70, 71, 150)],
+                         ids=["one-tile", "three-tiles", "two-chunks", "three-chunks"])
+def test_kivi_span_reads_what_decode_read_at_each_position(cuts):
+    """Prefill of a sequence, whole or in chunks that end mid-block, gives every position the output that
+    decoding it token by token gave: own block and first block exact, every other block quantized. 150
+    tokens take three query tiles of the span path."""
     g = torch.Generator().manual_seed(0)
-    t, bs, h = 23, 4, 2
+    t, bs, h = cuts[-1], 4, 2
     q, k, v = (torch.randn(t, n, 16, generator=g) for n in (h, 1, 1))
-    table = torch.arange(8)
+    table = torch.arange(40)
     whole = _kivi()
-    meta = _span_meta(bs, 0, t, table)
-    whole.write(k, v, meta)
-    out_span = whole.attend(q, k, v, meta, 0.25)
+    spans = []
+    for start, end in zip((0,) + cuts[:-1], cuts, strict=True):
+        meta = _span_meta(bs, start, end - start, table)
+        whole.write(k[start:end], v[start:end], meta)
+        spans.append(whole.attend(q[start:end], k[start:end], v[start:end], meta, 0.25))
+    out_span = torch.cat(spans)
     step = _kivi()
     outs = []
     for i in range(t):
