@@ -21,35 +21,32 @@ so the prompt length is controlled to the token. The number of words is calibrat
 reported as `mean_prompt_tokens`.
 
 `--compare native,vllm` starts `tessera serve` and `vllm serve` one after the other on this machine and
-runs the same workload against each (see benchmarks/serve_compare.py)."""
+runs the same workload against each (see benchmarks/serve_compare.py).
+
+This module holds the options and the run; one request and the prompts are in
+benchmarks/serve_request.py, the statistics, printout and plot in benchmarks/serve_summary.py."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import random
-import statistics
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
-# Common English words that are one token each (with their leading space) in the GPT-2/Llama/SmolLM
-# style byte-level BPE vocabularies; calibration absorbs the cases where that does not hold.
-WORDS = (
-    "the of and to in is was for on as with by at from his her that this which have had are not "
-    "but be or an they one you all were we there their been has when who more will would if out so "
-    "said what up its about into than them can only other new some time could these two may then do "
-    "first any my now such like our over man me even most made after also did many before must "
-    "through back years where much your way well down should because each just those people how too "
-    "little state good very make world still own see men work long get here between both life being "
-    "under never day same another know while last might us great old year off come since against go "
-    "came right used take three house water city room light road tree river stone music paper table "
-    "window garden market school family friend country morning evening summer winter forest"
-).split()
+from benchmarks.serve_request import (
+    RequestResult,
+    auth_headers,
+    build_body,
+    calibrate_words,
+    make_prompts,
+    normalize_base_url,
+    resolve_model,
+    send_request,
+)
+from benchmarks.serve_summary import plot_summary, print_summary, summarize
 
 SLO_KEYS = ("ttft_ms", "tpot_ms", "e2e_ms")
 
@@ -125,253 +122,7 @@ def register(subparsers) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# One request
-
-
-@dataclass
-class RequestResult:
-    ok: bool = False
-    error: str | None = None
-    status: int | None = None
-    start: float = 0.0  # perf_counter at send
-    ttft: float | None = None  # seconds
-    e2e: float | None = None  # seconds
-    itl: list[float] = field(default_factory=list)  # seconds
-    output_tokens: int = 0
-    prompt_tokens: int | None = None
-    chunks: int = 0
-    done: bool = False
-    text_len: int = 0
-
-    @property
-    def tpot(self) -> float | None:
-        if self.ttft is None or self.e2e is None or self.output_tokens < 2:
-            return None
-        return (self.e2e - self.ttft) / (self.output_tokens - 1)
-
-
-def normalize_base_url(url: str) -> str:
-    url = url.rstrip("/")
-    if url.endswith("/v1"):
-        url = url[: -len("/v1")]
-    return url
-
-
-def _headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-
-def build_body(endpoint: str, model: str, prompt: str, max_tokens: int, ignore_eos: bool,
-               temperature: float = 0.0, stream: bool = True) -> dict:
-    body: dict = {"model": model, "max_tokens": max_tokens, "temperature": temperature}
-    if endpoint == "chat":
-        body["messages"] = [{"role": "user", "content": prompt}]
-    else:
-        body["prompt"] = prompt
-    if stream:
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
-    if ignore_eos:
-        # Extra sampling fields understood by vLLM and tessera: generate exactly max_tokens tokens.
-        body["ignore_eos"] = True
-        body["min_tokens"] = max_tokens
-    return body
-
-
-def _chunk_text(choice: dict) -> str:
-    if "delta" in choice:
-        delta = choice.get("delta") or {}
-        return (delta.get("content") or "") + (delta.get("reasoning_content") or "") + (
-            delta.get("reasoning") or "") + ("x" if delta.get("tool_calls") else "")
-    return choice.get("text") or ""
-
-
-def _error_text(status: int, body: bytes) -> str:
-    try:
-        msg = json.loads(body)["error"]["message"]
-    except Exception:  # noqa: BLE001 - anything unparsable is shown raw
-        msg = body[:200].decode("utf-8", "replace")
-    return f"HTTP {status}: {msg}"
-
-
-async def send_request(client, url: str, body: dict, headers: dict, timeout: float) -> RequestResult:
-    """Stream one request and time it. Never raises: failures come back as ok=False."""
-    import httpx
-
-    res = RequestResult()
-    res.start = time.perf_counter()
-    last = res.start
-    try:
-        async with client.stream("POST", url, json=body, headers=headers, timeout=timeout) as resp:
-            res.status = resp.status_code
-            if resp.status_code != 200:
-                res.error = _error_text(resp.status_code, await resp.aread())
-                return res
-            async for line in resp.aiter_lines():
-                line = line.strip()
-                if not line.startswith("data:"):
-                    continue
-                data = line[len("data:"):].strip()
-                if data == "[DONE]":
-                    res.done = True
-                    break
-                now = time.perf_counter()
-                chunk = json.loads(data)
-                if "error" in chunk and not chunk.get("choices"):
-                    err = chunk["error"]
-                    res.error = f"stream error: {err.get('message') if isinstance(err, dict) else err}"
-                    return res
-                usage = chunk.get("usage")
-                if usage:
-                    res.output_tokens = int(usage.get("completion_tokens") or 0)
-                    res.prompt_tokens = usage.get("prompt_tokens")
-                text = "".join(_chunk_text(c) for c in chunk.get("choices") or [])
-                if not text:
-                    continue
-                res.chunks += 1
-                res.text_len += len(text)
-                if res.ttft is None:
-                    res.ttft = now - res.start
-                else:
-                    res.itl.append(now - last)
-                last = now
-        res.e2e = time.perf_counter() - res.start
-    except (httpx.HTTPError, OSError, ValueError) as exc:
-        res.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return res
-    if not res.done:
-        res.error = "stream ended without data: [DONE]"
-    elif res.chunks == 0:
-        res.error = "empty output"
-    else:
-        if res.output_tokens <= 0:  # server sent no usage: one token per chunk is the best estimate
-            res.output_tokens = res.chunks
-        res.ok = True
-    return res
-
-
-# ----------------------------------------------------------------------------------------------------
-# Prompts
-
-
-def random_words(rng: random.Random, n: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(max(n, 1)))
-
-
-async def _prompt_tokens(client, base: str, endpoint: str, model: str, prompt: str, headers: dict,
-                         timeout: float) -> int | None:
-    """usage.prompt_tokens of a 1-token non-streamed request, or None if the server did not say."""
-    path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
-    body = build_body(endpoint, model, prompt, 1, ignore_eos=False, stream=False)
-    resp = await client.post(base + path, json=body, headers=headers, timeout=timeout)
-    if resp.status_code != 200:
-        raise RuntimeError(f"calibration request failed: {_error_text(resp.status_code, resp.content)}")
-    usage = resp.json().get("usage") or {}
-    n = usage.get("prompt_tokens")
-    return int(n) if n is not None else None
-
-
-async def calibrate_words(client, base: str, endpoint: str, model: str, input_len: int, headers: dict,
-                          timeout: float, seed: int) -> tuple[int, dict]:
-    """How many words make a prompt of input_len tokens as the server counts them.
-
-    Two probes give tokens-per-word and the fixed overhead (template, BOS); a few more correct the
-    estimate until a probe lands on input_len (or stops improving)."""
-    rng = random.Random(seed ^ 0x5EED)
-    info: dict = {"method": "usage.prompt_tokens", "probes": []}
-
-    async def probe(n_words: int) -> int | None:
-        n = await _prompt_tokens(client, base, endpoint, model, random_words(rng, n_words), headers, timeout)
-        info["probes"].append([n_words, n])
-        return n
-
-    a_words, b_words = 8, max(16, min(input_len, 64))
-    a, b = await probe(a_words), await probe(b_words)
-    if a is None or b is None or b <= a:
-        info["method"] = "heuristic (server reports no usage.prompt_tokens): one token per word"
-        return max(input_len, 1), info
-    per_word = (b - a) / (b_words - a_words)
-    overhead = a - per_word * a_words
-    info["tokens_per_word"] = round(per_word, 4)
-    info["overhead_tokens"] = round(overhead, 2)
-    words = max(1, round((input_len - overhead) / per_word))
-    best = (math.inf, words)
-    for _ in range(4):
-        n = await probe(words)
-        if n is None:
-            break
-        err = n - input_len
-        if abs(err) < best[0]:
-            best = (abs(err), words)
-        if err == 0:
-            break
-        step = round(err / per_word) or (1 if err > 0 else -1)
-        words = max(1, words - step)
-    info["words"] = best[1]
-    return best[1], info
-
-
-def make_prompts(n: int, words: int, seed: int) -> list[str]:
-    """n different prompts (so no prefix cache makes the measurement cheaper than real traffic)."""
-    rng = random.Random(seed)
-    return [random_words(rng, words) for _ in range(n)]
-
-
-# ----------------------------------------------------------------------------------------------------
 # The run
-
-
-def _stats(values: list[float], scale: float = 1000.0) -> dict:
-    if not values:
-        return {"mean": None, "p50": None, "p99": None, "std": None, "min": None, "max": None}
-    xs = sorted(v * scale for v in values)
-
-    def pct(q: float) -> float:  # linear interpolation, as numpy.percentile's default
-        k = (len(xs) - 1) * q / 100.0
-        lo, hi = math.floor(k), math.ceil(k)
-        return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
-
-    return {"mean": round(statistics.fmean(xs), 3), "p50": round(pct(50), 3), "p99": round(pct(99), 3),
-            "std": round(statistics.pstdev(xs), 3), "min": round(xs[0], 3), "max": round(xs[-1], 3)}
-
-
-def meets_slo(r: RequestResult, slo: dict[str, float]) -> bool:
-    if not r.ok:
-        return False
-    checks = {"ttft_ms": r.ttft, "tpot_ms": r.tpot if r.tpot is not None else 0.0, "e2e_ms": r.e2e}
-    return all(checks[k] is not None and checks[k] * 1000.0 <= bound for k, bound in slo.items())
-
-
-def summarize(results: list[RequestResult], duration: float, slo: dict[str, float]) -> dict:
-    ok = [r for r in results if r.ok]
-    out_tokens = sum(r.output_tokens for r in ok)
-    prompt_counts = [r.prompt_tokens for r in ok if r.prompt_tokens is not None]
-    in_tokens = sum(prompt_counts)
-    good = sum(1 for r in ok if meets_slo(r, slo))
-    errors: dict[str, int] = {}
-    for r in results:
-        if not r.ok:
-            key = (r.error or "unknown")[:200]
-            errors[key] = errors.get(key, 0) + 1
-    d = max(duration, 1e-9)
-    return {
-        "ttft_ms": _stats([r.ttft for r in ok]),
-        "tpot_ms": _stats([r.tpot for r in ok if r.tpot is not None]),
-        "itl_ms": _stats([g for r in ok for g in r.itl]),
-        "e2e_ms": _stats([r.e2e for r in ok]),
-        "request_throughput": round(len(ok) / d, 4),
-        "output_tok_s": round(out_tokens / d, 3),
-        "total_tok_s": round((out_tokens + in_tokens) / d, 3),
-        "goodput": round(good / d, 4),
-        "completed": len(ok),
-        "failed": len(results) - len(ok),
-        "duration_s": round(duration, 3),
-        "total_output_tokens": out_tokens,
-        "total_input_tokens": in_tokens,
-        "mean_prompt_tokens": round(statistics.fmean(prompt_counts), 2) if prompt_counts else None,
-        "mean_output_tokens": round(out_tokens / len(ok), 2) if ok else None,
-        "errors": errors,
-    }
 
 
 def _load_avg() -> float | None:
@@ -381,28 +132,18 @@ def _load_avg() -> float | None:
         return None
 
 
-async def resolve_model(client, base: str, headers: dict) -> str:
-    resp = await client.get(base + "/v1/models", headers=headers, timeout=30.0)
-    if resp.status_code != 200:
-        raise RuntimeError(f"GET /v1/models failed: {_error_text(resp.status_code, resp.content)}")
-    data = resp.json().get("data") or []
-    if not data:
-        raise RuntimeError("GET /v1/models lists no model; pass --model")
-    return data[0]["id"]
-
-
 async def run_benchmark(base_url: str, *, model: str | None = None, endpoint: str = "completions",
                         request_rate: float = math.inf, poisson: bool = False,
                         concurrency: int | None = None, num_requests: int = 64, input_len: int = 128,
                         output_len: int = 128, ignore_eos: bool = True, slo: dict | None = None,
                         api_key: str | None = None, warmup: int = 2, timeout: float = 600.0,
                         temperature: float = 0.0, seed: int = 0, progress: bool = True) -> dict:
-    """Run one workload and return the summary (see `summarize`) plus `config`."""
+    """Run one workload and return the summary (see `serve_summary.summarize`) plus `config`."""
     import httpx
 
     slo = slo or {}
     base = normalize_base_url(base_url)
-    headers = _headers(api_key)
+    headers = auth_headers(api_key)
     path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
     conns = max(concurrency or num_requests, 1) + 4
     limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
@@ -462,34 +203,6 @@ async def run_benchmark(base_url: str, *, model: str | None = None, endpoint: st
         "prompt_calibration": calib,
     }
     return summary
-
-
-def plot_summary(summary: dict, title: str, path: Path) -> Path:
-    from benchmarks.report import bar_plot
-
-    groups = {name: {k: summary[key][k] or 0.0 for k in ("mean", "p50", "p99")}
-              for name, key in (("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("ITL", "itl_ms"), ("E2E", "e2e_ms"))}
-    return bar_plot(groups, title, "milliseconds", path)
-
-
-def print_summary(s: dict, label: str = "") -> None:
-    head = f"==== serving benchmark {label}".rstrip() + " ===="
-    print(head)
-    load = s.get("load_avg_1m") or {}
-    print(f"completed {s['completed']}  failed {s['failed']}  duration {s['duration_s']:.1f} s   "
-          f"load avg {load.get('start')} -> {load.get('end')} on {load.get('cpu_count')} CPUs")
-    print(f"request throughput {s['request_throughput']:.3f} req/s   output {s['output_tok_s']:.1f} tok/s   "
-          f"goodput {s['goodput']:.3f} req/s")
-    print(f"prompt tokens (mean, server-counted) {s['mean_prompt_tokens']}   output tokens (mean) "
-          f"{s['mean_output_tokens']}")
-    for name, key in (("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("ITL", "itl_ms"), ("E2E", "e2e_ms")):
-        st = s[key]
-        if st["mean"] is None:
-            print(f"{name:5s} -")
-        else:
-            print(f"{name:5s} mean {st['mean']:9.2f} ms   p50 {st['p50']:9.2f} ms   p99 {st['p99']:9.2f} ms")
-    for err, n in list(s.get("errors", {}).items())[:5]:
-        print(f"  {n} x {err}")
 
 
 def workload_kwargs(args: argparse.Namespace) -> dict:

@@ -196,7 +196,8 @@ def run_compare(args: argparse.Namespace) -> int:
     import httpx
 
     from benchmarks.report import bar_plot, machine_info, write_json
-    from benchmarks.serve import print_summary, run_benchmark, workload_kwargs
+    from benchmarks.serve import run_benchmark, workload_kwargs
+    from benchmarks.serve_summary import print_summary
 
     names = [n.strip() for n in args.compare.split(",") if n.strip()]
     unknown = [n for n in names if n not in BACKENDS]

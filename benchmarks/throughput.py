@@ -4,10 +4,10 @@ N requests of exactly --input-len random token ids (special tokens excluded; gen
 and shared by every backend), greedy, exactly --output-len new tokens each (EOS ignored), at most
 --concurrency sequences at once. Only generation is timed; model load and a short warmup (on other
 prompts, so no prefix cache can help the timed run) are not. vLLM and HF run as subprocesses
-(benchmarks/baselines/); native runs in this process. In the same run, a matmul ceiling is measured:
-the time of one pass of F.linear over every weight matrix of the model (lm_head included) on a
-[concurrency, hidden] input, i.e. an upper bound on decode tokens/s that ignores attention and all
-other work; native is reported as a fraction of it.
+(benchmarks/baselines/); native runs in this process. In the same run, a matmul ceiling is measured
+(benchmarks/matmul_ceiling.py): the time of one pass of F.linear over every weight matrix of the model
+(lm_head included) on a [concurrency, hidden] input, i.e. an upper bound on decode tokens/s that ignores
+attention and all other work; native is reported as a fraction of it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from benchmarks import report
 from benchmarks.baselines import BASELINES_DIR, parse_result
+from benchmarks.matmul_ceiling import add_ceilings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
@@ -241,77 +241,6 @@ def vllm_available(path: str) -> bool:
     return Path(path).is_file() and os.access(path, os.X_OK)
 
 
-# ---- matmul ceiling ---------------------------------------------------------------------------------
-def linear_weights(resolved, dtype: str, device):
-    """Every weight matrix a decode step multiplies by (lm_head included, embedding lookup excluded)."""
-    import torch
-
-    tdtype = getattr(torch, "float32" if dtype == "auto" else dtype)
-    if resolved.path is None:  # synthetic: the real shapes with random values
-        a, g = resolved.arch, torch.Generator().manual_seed(0)
-        shapes = [(a.num_heads * a.head_dim, a.hidden_size), (a.num_kv_heads * a.head_dim, a.hidden_size),
-                  (a.num_kv_heads * a.head_dim, a.hidden_size), (a.hidden_size, a.num_heads * a.head_dim),
-                  (a.intermediate_size, a.hidden_size), (a.intermediate_size, a.hidden_size),
-                  (a.hidden_size, a.intermediate_size)] * a.num_layers + [(a.vocab_size, a.hidden_size)]
-        return [torch.randn(s, generator=g, dtype=torch.float32).to(device=device, dtype=tdtype)
-                for s in shapes]
-    from safetensors import safe_open
-
-    weights, embed, lm_head = [], None, None
-    for f in sorted(Path(resolved.path).glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as st:
-            for name in st.keys():
-                if name.endswith("embed_tokens.weight"):
-                    embed = st.get_tensor(name)
-                elif name.endswith("lm_head.weight"):
-                    lm_head = st.get_tensor(name)
-                elif name.endswith(".weight") and len(st.get_slice(name).get_shape()) == 2:
-                    weights.append((name, st.get_tensor(name)))
-    weights.sort(key=lambda nw: _layer_order(nw[0]))
-    head = lm_head if lm_head is not None else embed
-    mats = [w for _, w in weights] + ([head] if head is not None else [])
-    return [w.to(device=device, dtype=tdtype).contiguous() for w in mats]
-
-
-def _layer_order(name: str) -> tuple[int, str]:
-    parts = name.split(".")
-    for i, p in enumerate(parts[:-1]):
-        if p == "layers" and parts[i + 1].isdigit():
-            return int(parts[i + 1]), name
-    return 1 << 30, name
-
-
-def matmul_ceiling(weights, batch: int, min_time_s: float = 1.0) -> dict:
-    import torch
-    import torch.nn.functional as F
-
-    device = weights[0].device
-    inputs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=weights[0].dtype, device=device)
-              for w in weights}
-
-    def one_pass() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            for w in weights:
-                F.linear(inputs[w.shape[1]], w)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    for _ in range(2):
-        one_pass()
-    times, start = [], time.perf_counter()
-    while len(times) < 5 or (time.perf_counter() - start < min_time_s and len(times) < 200):
-        times.append(one_pass())
-    # The fastest pass: a ceiling is a best case, and on a shared machine noise only ever adds time.
-    step = min(times)
-    return {"tok_s": batch / step, "time_per_step_s": step, "median_time_per_step_s": statistics.median(times),
-            "num_matrices": len(weights),
-            "weight_bytes": sum(w.numel() * w.element_size() for w in weights), "passes": len(times)}
-
-
 # ---- the run ----------------------------------------------------------------------------------------
 def greedy_match(reference: list[list[int]], other: list[list[int]]) -> float | None:
     """Mean fraction of each request's output that matches the reference before the first mismatch."""
@@ -421,7 +350,7 @@ def run(args) -> int:
                 print(f"tessera bench throughput: error: {exc}", file=sys.stderr)
                 return 1
             results[f"c{c}"] = {"backends": block, "ratios": _ratios(block)}
-    _add_ceilings(results, details, resolved, args.dtype, concurrencies)
+    add_ceilings(results, details, resolved, args.dtype, concurrencies)
 
     first = results[f"c{concurrencies[0]}"]
     data = {"workload": workload, "results": results, "backends": first["backends"],
@@ -445,27 +374,6 @@ def _ratios(block: dict) -> dict:
     return {"native/vllm": ratio("native", "vllm"), "native/hf": ratio("native", "hf")}
 
 
-def _add_ceilings(results, details, resolved, dtype, concurrencies) -> None:
-    import gc
-
-    import torch
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print("[throughput] measuring the matmul ceiling", file=sys.stderr, flush=True)
-    weights = linear_weights(resolved, dtype, device)
-    try:
-        for c in concurrencies:
-            ceil = matmul_ceiling(weights, c)
-            r = results[f"c{c}"]
-            r["matmul_ceiling_tok_s"] = ceil["tok_s"]
-            native = r["backends"].get("native")
-            r["native_frac_of_ceiling"] = native["output_tok_s"] / ceil["tok_s"] if native else None
-            details[f"c{c}"]["matmul_ceiling"] = {**ceil, "dtype": "float32" if dtype == "auto" else dtype,
-                                                   "device": device.type,
-                                                   "torch_threads": torch.get_num_threads()}
-    finally:
-        del weights
-        gc.collect()
 
 
 def _device_label() -> str:

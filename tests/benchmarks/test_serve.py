@@ -235,7 +235,8 @@ def test_unreachable_server_fails_cleanly(tmp_path):
 
 
 def test_parse_slo_and_stats():
-    from benchmarks.serve import _stats, parse_slo
+    from benchmarks.serve import parse_slo
+    from benchmarks.serve_summary import _stats
 
     assert parse_slo("ttft_ms=500, tpot_ms=50") == {"ttft_ms": 500.0, "tpot_ms": 50.0}
     with pytest.raises(ValueError):

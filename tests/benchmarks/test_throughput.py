@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import throughput
+from benchmarks import matmul_ceiling, throughput
 from server.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,11 +88,11 @@ def test_matmul_ceiling_on_synthetic_weights():
     from engine.loader.model_registry import resolve_model
 
     resolved = resolve_model("synthetic:tiny", progress=False)
-    weights = throughput.linear_weights(resolved, "float32", torch.device("cpu"))
+    weights = matmul_ceiling.linear_weights(resolved, "float32", torch.device("cpu"))
     arch = resolved.arch
     assert len(weights) == 7 * arch.num_layers + 1
     assert weights[-1].shape == (arch.vocab_size, arch.hidden_size)
-    ceil = throughput.matmul_ceiling(weights, batch=4, min_time_s=0.05)
+    ceil = matmul_ceiling.matmul_ceiling(weights, batch=4, min_time_s=0.05)
     assert ceil["tok_s"] > 0 and ceil["time_per_step_s"] > 0
     assert ceil["tok_s"] == pytest.approx(4 / ceil["time_per_step_s"])
 
@@ -103,7 +103,7 @@ def test_linear_weights_of_a_real_checkpoint(default_model_dir):
     from engine.loader.model_registry import resolve_model
 
     resolved = resolve_model(str(default_model_dir), progress=False)
-    weights = throughput.linear_weights(resolved, "float32", torch.device("cpu"))
+    weights = matmul_ceiling.linear_weights(resolved, "float32", torch.device("cpu"))
     arch = resolved.arch
     assert len(weights) == 7 * arch.num_layers + 1  # tied lm_head = the embedding
     assert weights[-1].shape == (arch.vocab_size, arch.hidden_size)
