@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine.request import Request
-from engine.sampler import Sampler, apply_penalties, filter_logits
+from engine.sampler import Sampler, apply_penalties, draw, filter_logits
 from engine.sampling_params import SamplingParams
 
 V = 32
@@ -271,3 +271,32 @@ def test_logprobs_are_log_softmax_of_raw_logits_with_sorted_alternatives():
     assert all(top[i][1] >= top[i + 1][1] for i in range(4))
     assert top[0][0] == out[0][0], "greedy picks the most likely token"
     assert out[2][1].top == []
+
+
+def _chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    expected = probs / probs.sum() * counts.sum()
+    keep = expected > 0
+    return float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum())
+
+
+def test_draw_follows_unnormalized_weights_and_never_draws_a_zero():
+    weights = torch.tensor([0.0, 3.0, 0.0, 1.0, 6.0, 0.0, 0.5, 0.0])
+    g = torch.Generator().manual_seed(0)
+    ids = draw(weights.expand(20000, -1), g)  # one draw per row
+    counts = torch.bincount(ids, minlength=len(weights)).double()
+    assert counts[weights == 0].sum() == 0
+    # 4 non-zero categories: 3 degrees of freedom, the 0.999 quantile is 16.3
+    assert _chi_square(counts, weights.double()) < 16.3
+
+
+def test_draw_of_one_row_is_a_scalar_and_a_seed_repeats_it():
+    weights = torch.rand(49152, generator=torch.Generator().manual_seed(1))
+    a = [int(draw(weights, torch.Generator().manual_seed(7))) for _ in range(3)]
+    assert draw(weights).shape == ()
+    assert len(set(a)) == 1
+
+
+def test_draw_with_a_uniform_at_the_top_of_its_range_takes_the_last_weighted_token(monkeypatch):
+    real_rand = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.ones_like(real_rand(*a, **k)))
+    assert int(draw(torch.tensor([0.2, 0.8, 0.0, 0.0]))) == 1

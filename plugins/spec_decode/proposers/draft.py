@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from engine.request import Request
+from engine.sampler import draw
 from plugins.spec_decode.draft_model import DraftModel, evenly_kept_layers, layer_skip_view, parse_layers
 from plugins.spec_decode.proposal import Proposal
 from plugins.spec_decode.proposers.base import Proposer
@@ -28,7 +29,7 @@ def _choose(logits: torch.Tensor, requests: list[Request]) -> tuple[list[int], t
         if req.params.greedy:
             tokens.append(int(q.argmax()))
         else:
-            tokens.append(int(torch.multinomial(q, 1, generator=req.generator).item()))
+            tokens.append(int(draw(q, req.generator)))
         dists.append(q)
     return tokens, torch.stack(dists)
 

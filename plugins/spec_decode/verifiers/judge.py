@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from engine.request import Request
+from engine.sampler import draw
 from plugins.base import Verdict
 from plugins.spec_decode.proposal import Proposal
 from plugins.spec_decode.verifiers.registry import Verifier, register_verifier
@@ -48,7 +49,7 @@ class JudgeVerifier(Verifier):
         if req.params.greedy:
             choices = p.argmax(-1).tolist()
         else:
-            choices = torch.multinomial(p, 1, generator=req.generator).squeeze(-1).tolist()
+            choices = draw(p, req.generator).tolist()
         verdict, relaxed = judge(p, proposal.probs.to(p.device), proposal.tokens, choices, tau)
         self.relaxed_kl.extend(relaxed)
         return verdict

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from engine.request import Request
+from engine.sampler import draw
 from plugins.base import Verdict
 from plugins.spec_decode.proposal import Proposal
 from plugins.spec_decode.verifiers.registry import Verifier, register_verifier
@@ -26,7 +27,7 @@ def rejection_sample(p: torch.Tensor, q: torch.Tensor, tokens: list[int],
         residual = (p[i] - q[i]).clamp_min(0.0)
         if float(residual.sum()) <= 0.0:  # p == q up to rounding: the rejection had ~zero chance
             residual = p[i]
-        token = int(torch.multinomial(residual, 1, generator=generator).item())
+        token = int(draw(residual, generator))
         return Verdict(i, token)
     return Verdict(len(tokens))
 
