@@ -52,7 +52,8 @@ def register(subparsers) -> None:
     p.add_argument("--chat-requests", type=int, default=64)
     p.add_argument("--chat-tokens", type=int, default=64)
     p.add_argument("--chat-repeats", type=int, default=6, help="interleaved (ABBA) timed runs per side")
-    p.add_argument("--taus", default="0,0.5,1,2,3", help="judge thresholds (comma-separated)")
+    p.add_argument("--taus", default="0,0.5,1,2,3",
+                   help="judge thresholds (comma-separated); the plugin's default tau is always added")
     p.add_argument("--judge-prompts", type=int, default=3)
     p.add_argument("--judge-tokens", type=int, default=48)
     p.add_argument("--judge-k", type=int, default=3)
@@ -249,6 +250,7 @@ def _nll(plain, prompt: list[int], output: list[int]) -> float:
 
 def judge(plain, spec, args) -> list[dict]:
     from engine.sampling_params import SamplingParams
+    from plugins.spec_decode.plugin import SpecDecodePlugin
 
     params = SamplingParams(temperature=0.0, max_tokens=args.judge_tokens)
     prompts = [_chat(plain, p) for p in CHAT_PROMPTS[:args.judge_prompts]]
@@ -257,7 +259,9 @@ def judge(plain, spec, args) -> list[dict]:
     scorer = _engine(args.model, (), prefix_caching=False)
     ref_nll = statistics.mean(_nll(scorer, p, o) for p, o in zip(prompts, lossless, strict=True))
     rows = []
-    for tau in [float(t) for t in args.taus.split(",") if t.strip()]:
+    default_tau = SpecDecodePlugin.tau  # the figure the closing note must state is measured, not inferred
+    taus = sorted({float(t) for t in args.taus.split(",") if t.strip()} | {default_tau})
+    for tau in taus:
         before = _metrics(spec)
         outs, secs, on_tokens, off_secs, off_tokens = [], 0.0, 0, 0.0, 0
         for i, p in enumerate(prompts):
@@ -277,7 +281,7 @@ def judge(plain, spec, args) -> list[dict]:
                      "relaxed_accepts": after["judge_relaxed"] - before["judge_relaxed"],
                      "match_len_mean": statistics.mean(match),
                      "identical_outputs": sum(a == b for a, b in zip(outs, lossless, strict=True)),
-                     "nll_delta": nll - ref_nll})
+                     "nll_delta": nll - ref_nll, "default": tau == default_tau})
     return rows
 
 

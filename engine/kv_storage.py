@@ -3,30 +3,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from engine.attention_metadata import AttentionMetadata
 from engine.kernels.registry import get_kernel
 from engine.kv_spec import KVSpec
+from engine.registry import Registry
 
-_STORAGES: dict[str, type] = {}
-
-
-def register_kv_storage(name: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        _STORAGES[name] = cls
-        return cls
-
-    return deco
+STORAGES: Registry[type] = Registry("KV storage")
+register_kv_storage = STORAGES.register
 
 
 def kv_storage_class(name: str) -> type:
-    try:
-        return _STORAGES[name]
-    except KeyError:
-        raise ValueError(f"unknown KV storage {name!r}; known: {', '.join(sorted(_STORAGES))}") from None
+    return STORAGES.get(name)
 
 
 def create_kv_storage(spec: KVSpec, num_blocks: int, block_size: int, device: torch.device):

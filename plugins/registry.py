@@ -6,24 +6,17 @@ from __future__ import annotations
 import dataclasses
 from importlib.metadata import entry_points
 
+from engine.registry import Registry
 from plugins.base import Plugin
 
-_REGISTRY: dict[str, type[Plugin]] = {}
+_REGISTRY: Registry[type[Plugin]] = Registry("plugin")
 _ENTRY_POINTS_LOADED = False
 
 
 def register_plugin(name: str):
-    def wrap(cls: type[Plugin]) -> type[Plugin]:
-        if not name or not name.replace("_", "").isalnum():
-            raise ValueError(f"plugin name must be snake_case alphanumerics, got {name!r}")
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing is not cls:
-            raise ValueError(f"plugin {name!r} is already registered by {existing.__module__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
+    if not name or not name.replace("_", "").isalnum():
+        raise ValueError(f"plugin name must be snake_case alphanumerics, got {name!r}")
+    return _REGISTRY.register(name)
 
 
 def _load_builtin_plugins() -> None:
@@ -52,15 +45,12 @@ def _load_entry_points() -> None:
 
 def list_plugins() -> list[str]:
     _load_entry_points()
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_plugin_class(name: str) -> type[Plugin]:
     _load_entry_points()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown plugin {name!r}; available: {', '.join(list_plugins()) or 'none'}") from None
+    return _REGISTRY.get(name)
 
 
 def create_plugin(name: str, options: dict | None = None) -> Plugin:

@@ -32,7 +32,10 @@ def test_spec_bench_shape(tmp_path):
     assert chat["speedup_min"] == ratios[0] and chat["speedup_max"] == ratios[1]
     assert 0 < chat["plugin_hook_ms_per_step"] and 0 < chat["plugin_hook_fraction_of_on_time"] < 1
     taus = [row["tau"] for row in data["judge"]]
-    assert taus == [0.0, 5.0]
+    # the plugin's default tau is measured even when --taus leaves it out, and flagged as the default
+    from plugins.spec_decode.plugin import SpecDecodePlugin
+    assert taus == sorted({0.0, 5.0, SpecDecodePlugin.tau})
+    assert [row["tau"] for row in data["judge"] if row["default"]] == [SpecDecodePlugin.tau]
     for row in data["judge"]:
         assert {"tau", "speedup", "accept_len_mean", "kl_mean"} <= set(row)
     # tau = 0 is exact matching: no relaxed acceptance, output identical to lossless

@@ -20,6 +20,7 @@
 #include <cstring>
 #include <vector>
 
+#include "dense_rows.h"
 #include "softmax.h"
 #if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -67,16 +68,7 @@ static void attend_row(const float* qi, int64_t G, int64_t D, int64_t ctx, int64
   for (int64_t t0 = 0; t0 < ctx; t0 += bs) {
     const int64_t b = table[t0 / bs], n = std::min(bs, ctx - t0), slot = slot_of[b];
     if (slot >= 0) {
-      for (int64_t j = 0; j < n; ++j) {
-        const float* k = sk + ((slot * bs + j) * KVH + h) * D;
-        for (int64_t g = 0; g < G; ++g) {
-          const float* qg = qi + g * D;
-          float s = 0.f;
-#pragma omp simd reduction(+ : s)
-          for (int64_t d = 0; d < D; ++d) s += qg[d] * k[d];
-          scores[g * ctx + t0 + j] = s * sc;
-        }
-      }
+      dense_block_scores(qi, G, D, sk + (slot * bs * KVH + h) * D, KVH * D, n, sc, scores.data() + t0, ctx);
       continue;
     }
     const int64_t base = (b * KVH + h) * D;
@@ -103,24 +95,16 @@ static void attend_row(const float* qi, int64_t G, int64_t D, int64_t ctx, int64
   float* vrow = buf.data();
   for (int64_t t0 = 0; t0 < ctx; t0 += bs) {
     const int64_t b = table[t0 / bs], n = std::min(bs, ctx - t0), slot = slot_of[b];
+    if (slot >= 0) {
+      dense_block_values(scores.data() + t0, ctx, G, D, sv + (slot * bs * KVH + h) * D, KVH * D, n, out);
+      continue;
+    }
     for (int64_t j = 0; j < n; ++j) {
-      const float* v;
-      if (slot >= 0) {
-        v = sv + ((slot * bs + j) * KVH + h) * D;
-      } else {
-        const int64_t row = (b * bs + j) * KVH + h;
-        for (int64_t grp = 0; grp < VG; ++grp)
-          dequant_row<VB>(vc + row * vbytes + grp * gsize * VB / 8, gsize,
-                           half_to_float(vs[row * VG + grp]), half_to_float(vm[row * VG + grp]),
-                           vrow + grp * gsize);
-        v = vrow;
-      }
-      for (int64_t g = 0; g < G; ++g) {
-        const float p = scores[g * ctx + t0 + j];
-        float* a = out + g * D;
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) a[d] += p * v[d];
-      }
+      const int64_t row = (b * bs + j) * KVH + h;
+      for (int64_t grp = 0; grp < VG; ++grp)
+        dequant_row<VB>(vc + row * vbytes + grp * gsize * VB / 8, gsize, half_to_float(vs[row * VG + grp]),
+                         half_to_float(vm[row * VG + grp]), vrow + grp * gsize);
+      dense_block_values(scores.data() + t0 + j, ctx, G, D, vrow, D, 1, out);
     }
   }
 }
@@ -226,16 +210,7 @@ static void attend_row16(const float* qi, int64_t G, int64_t D, int64_t ctx, con
   for (int64_t t0 = 0; t0 < ctx; t0 += bs) {
     const int64_t b = table[t0 / bs], n = std::min(bs, ctx - t0), slot = slot_of[b];
     if (slot >= 0) {
-      for (int64_t j = 0; j < n; ++j) {
-        const float* k = sk + ((slot * bs + j) * KVH + h) * D;
-        for (int64_t g = 0; g < G; ++g) {
-          const float* qg = qi + g * D;
-          float s = 0.f;
-#pragma omp simd reduction(+ : s)
-          for (int64_t d = 0; d < D; ++d) s += qg[d] * k[d];
-          scores[g * ctx + t0 + j] = s * sc;
-        }
-      }
+      dense_block_scores(qi, G, D, sk + (slot * bs * KVH + h) * D, KVH * D, n, sc, scores.data() + t0, ctx);
       continue;
     }
     const int64_t base = (b * KVH + h) * D;
@@ -267,15 +242,7 @@ static void attend_row16(const float* qi, int64_t G, int64_t D, int64_t ctx, con
   for (int64_t t0 = 0; t0 < ctx; t0 += bs) {
     const int64_t b = table[t0 / bs], n = std::min(bs, ctx - t0), slot = slot_of[b];
     if (slot >= 0) {
-      for (int64_t j = 0; j < n; ++j) {
-        const float* v = sv + ((slot * bs + j) * KVH + h) * D;
-        for (int64_t g = 0; g < G; ++g) {
-          const float p = scores[g * ctx + t0 + j];
-          float* a = out + g * D;
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) a[d] += p * v[d];
-        }
-      }
+      dense_block_values(scores.data() + t0, ctx, G, D, sv + (slot * bs * KVH + h) * D, KVH * D, n, out);
       continue;
     }
     for (int64_t grp = 0; grp < VG; ++grp)

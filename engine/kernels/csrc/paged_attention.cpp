@@ -13,6 +13,7 @@
 #include <cstring>
 #include <vector>
 
+#include "dense_rows.h"
 #include "softmax.h"
 
 torch::Tensor paged_attention_rows(torch::Tensor q,             // [T, H, D] float32
@@ -48,32 +49,13 @@ torch::Tensor paged_attention_rows(torch::Tensor q,             // [T, H, D] flo
       // walk the context block by block: no division per token
       for (int64_t t0 = 0; t0 < ctx; t0 += bs) {
         const float* kb = kp + (table[t0 / bs] * bs * KVH + h) * D;
-        const int64_t n = std::min(bs, ctx - t0);
-        for (int64_t j = 0; j < n; ++j) {
-          const float* k = kb + j * KVH * D;
-          for (int64_t g = 0; g < G; ++g) {
-            const float* qg = qi + g * D;
-            float s = 0.f;
-#pragma omp simd reduction(+ : s)
-            for (int64_t d = 0; d < D; ++d) s += qg[d] * k[d];
-            scores[g * ctx + t0 + j] = s * sc;
-          }
-        }
+        dense_block_scores(qi, G, D, kb, KVH * D, std::min(bs, ctx - t0), sc, scores.data() + t0, ctx);
       }
       for (int64_t g = 0; g < G; ++g) softmax_inplace(scores.data() + g * ctx, ctx);
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t t0 = 0; t0 < ctx; t0 += bs) {
         const float* vb = vp + (table[t0 / bs] * bs * KVH + h) * D;
-        const int64_t n = std::min(bs, ctx - t0);
-        for (int64_t j = 0; j < n; ++j) {
-          const float* v = vb + j * KVH * D;
-          for (int64_t g = 0; g < G; ++g) {
-            const float p = scores[g * ctx + t0 + j];
-            float* a = acc.data() + g * D;
-#pragma omp simd
-            for (int64_t d = 0; d < D; ++d) a[d] += p * v[d];
-          }
-        }
+        dense_block_values(scores.data() + t0, ctx, G, D, vb, KVH * D, std::min(bs, ctx - t0), acc.data());
       }
       for (int64_t g = 0; g < G; ++g) {
         float* o = op + (i * H + h * G + g) * D;

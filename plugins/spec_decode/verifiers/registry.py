@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from engine.registry import Registry
+
 if TYPE_CHECKING:
     import torch
 
@@ -22,26 +24,13 @@ class Verifier:
         raise NotImplementedError
 
 
-_VERIFIERS: dict[str, type[Verifier]] = {}
-
-
-def register_verifier(name: str):
-    def wrap(cls: type[Verifier]) -> type[Verifier]:
-        if name in _VERIFIERS and _VERIFIERS[name] is not cls:
-            raise ValueError(f"verifier {name!r} is already registered")
-        cls.name = name
-        _VERIFIERS[name] = cls
-        return cls
-
-    return wrap
+VERIFIERS: Registry[type[Verifier]] = Registry("verifier")
+register_verifier = VERIFIERS.register
 
 
 def verifier_names() -> list[str]:
-    return sorted(_VERIFIERS)
+    return VERIFIERS.names()
 
 
 def create_verifier(name: str) -> Verifier:
-    try:
-        return _VERIFIERS[name]()
-    except KeyError:
-        raise ValueError(f"unknown verifier {name!r}; available: {', '.join(verifier_names())}") from None
+    return VERIFIERS.get(name)()
