@@ -23,10 +23,10 @@ from engine.loader.tokenizer import Tokenizer
 from engine.model_runner import ModelRunner
 from engine.models.ops import ModelOps
 from engine.output_processor import RequestState, SampleState
-from engine.outputs import RequestOutput, TokenLogprob
+from engine.outputs import RequestOutput
 from engine.platforms import resolve_platform
 from engine.request import Request
-from engine.sampler import Sampler
+from engine.sampler import Sampler, logprob_entry
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.stats import EngineStats
@@ -265,7 +265,9 @@ class LLMEngine:
                     i == verdict.num_accepted and verdict.next_token is not None))
                 if chosen:
                     token = drafts[i] if i < verdict.num_accepted else verdict.next_token
-                    logprob = self._chosen_logprob(logits[row + i], token, req)
+                    # a verifier's choice is reported as the sampler reports its own
+                    logprob = (None if req.params.logprobs is None else
+                               logprob_entry(torch.log_softmax(logits[row + i], -1), token, req.params.logprobs))
                 else:
                     ((token, logprob),) = self.sampler(logits[row + i:row + i + 1], [req])
                 self._append_token(state, req, token, logprob, now)
@@ -275,18 +277,6 @@ class LLMEngine:
             # accepted drafts' KV is already in place; rejected drafts' slots get overwritten later
             if not req.is_finished:
                 req.num_computed_tokens = req.num_tokens - 1
-
-    @staticmethod
-    def _chosen_logprob(row: torch.Tensor, token: int, req: Request) -> TokenLogprob | None:
-        """row: [V] raw logits. The logprob entry of a token a verifier chose, as the sampler reports."""
-        if req.params.logprobs is None:
-            return None
-        lp = torch.log_softmax(row, -1)
-        top: list[tuple[int, float]] = []
-        if req.params.logprobs:
-            vals, ids = torch.topk(lp, req.params.logprobs)
-            top = list(zip(ids.tolist(), vals.tolist(), strict=True))
-        return TokenLogprob(token, float(lp[token]), top)
 
     def _append_token(self, state: RequestState, req: Request, token: int, logprob, now: float) -> None:
         sample = next(s for s in state.samples if s.seq is req)

@@ -44,6 +44,16 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     return ids
 
 
+def logprob_entry(logprobs: torch.Tensor, token: int, num_top: int) -> TokenLogprob:
+    """logprobs: [V] log-softmax of the raw logits -> what is reported for `token`: its logprob and the
+    `num_top` most likely alternatives, best first."""
+    top: list[tuple[int, float]] = []
+    if num_top:
+        vals, ids = torch.topk(logprobs, num_top)
+        top = list(zip(ids.tolist(), vals.tolist(), strict=True))
+    return TokenLogprob(token, float(logprobs[token]), top)
+
+
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
     """logits: [V] (already divided by temperature) -> logits with filtered entries at -inf."""
     vocab = logits.shape[0]
@@ -119,11 +129,6 @@ class Sampler:
         for i, req in enumerate(requests):
             entry = None
             if raw_logprobs is not None and i in raw_logprobs:
-                lp = raw_logprobs[i]
-                top: list[tuple[int, float]] = []
-                if req.params.logprobs:
-                    vals, ids = torch.topk(lp, req.params.logprobs)
-                    top = list(zip(ids.tolist(), vals.tolist(), strict=True))
-                entry = TokenLogprob(tokens[i], float(lp[tokens[i]]), top)
+                entry = logprob_entry(raw_logprobs[i], tokens[i], req.params.logprobs)
             out.append((tokens[i], entry))
         return out
