@@ -52,6 +52,21 @@ static inline void dequant_row(const uint8_t* codes, int64_t n, float scale, flo
   }
 }
 
+// The context block by block, for one KV head: a staged block's full-precision rows (n rows of KVH * D
+// floats, from this head on) go to `staged(t0, n, rows)`, a quantized block to `quantized(t0, n, b)`.
+template <class Staged, class Quantized>
+static inline void for_each_block(int64_t ctx, int64_t bs, const int64_t* table, const int64_t* slot_of,
+                                  const float* stage, int64_t KVH, int64_t h, int64_t D, Staged staged,
+                                  Quantized quantized) {
+  for (int64_t t0 = 0; t0 < ctx; t0 += bs) {
+    const int64_t b = table[t0 / bs], n = std::min(bs, ctx - t0), slot = slot_of[b];
+    if (slot >= 0)
+      staged(t0, n, stage + (slot * bs * KVH + h) * D);
+    else
+      quantized(t0, n, b);
+  }
+}
+
 // One (sequence, KV head): a quantized block is dequantized into a small buffer that stays in L1 (keys
 // channel-major [D][bs], so each query's scores are a stride-1 FMA over the block's tokens; values one
 // token row at a time), then read like the fp32 cache.
@@ -65,12 +80,10 @@ static void attend_row(const float* qi, int64_t G, int64_t D, int64_t ctx, int64
   scores.assign(G * ctx, 0.f);
   buf.resize(std::max(D * bs, D));
   float* kbuf = buf.data();
-  for (int64_t t0 = 0; t0 < ctx; t0 += bs) {
-    const int64_t b = table[t0 / bs], n = std::min(bs, ctx - t0), slot = slot_of[b];
-    if (slot >= 0) {
-      dense_block_scores(qi, G, D, sk + (slot * bs * KVH + h) * D, KVH * D, n, sc, scores.data() + t0, ctx);
-      continue;
-    }
+  const auto staged_keys = [&](int64_t t0, int64_t n, const float* rows) {
+    dense_block_scores(qi, G, D, rows, KVH * D, n, sc, scores.data() + t0, ctx);
+  };
+  for_each_block(ctx, bs, table, slot_of, sk, KVH, h, D, staged_keys, [&](int64_t t0, int64_t n, int64_t b) {
     const int64_t base = (b * KVH + h) * D;
     for (int64_t d = 0; d < D; ++d)
       dequant_row<KB>(kc + (base + d) * kbytes, bs, half_to_float(ks[base + d]),
@@ -88,17 +101,15 @@ static void attend_row(const float* qi, int64_t G, int64_t D, int64_t ctx, int64
       }
       for (int64_t j = 0; j < n; ++j) sg[j] = tmp[j] * sc;
     }
-  }
+  });
   for (int64_t g = 0; g < G; ++g) softmax_inplace(scores.data() + g * ctx, ctx);
   for (int64_t x = 0; x < G * D; ++x) out[x] = 0.f;
   const int64_t gsize = D / VG;
   float* vrow = buf.data();
-  for (int64_t t0 = 0; t0 < ctx; t0 += bs) {
-    const int64_t b = table[t0 / bs], n = std::min(bs, ctx - t0), slot = slot_of[b];
-    if (slot >= 0) {
-      dense_block_values(scores.data() + t0, ctx, G, D, sv + (slot * bs * KVH + h) * D, KVH * D, n, out);
-      continue;
-    }
+  const auto staged_values = [&](int64_t t0, int64_t n, const float* rows) {
+    dense_block_values(scores.data() + t0, ctx, G, D, rows, KVH * D, n, out);
+  };
+  for_each_block(ctx, bs, table, slot_of, sv, KVH, h, D, staged_values, [&](int64_t t0, int64_t n, int64_t b) {
     for (int64_t j = 0; j < n; ++j) {
       const int64_t row = (b * bs + j) * KVH + h;
       for (int64_t grp = 0; grp < VG; ++grp)
@@ -106,7 +117,7 @@ static void attend_row(const float* qi, int64_t G, int64_t D, int64_t ctx, int64
                          half_to_float(vm[row * VG + grp]), vrow + grp * gsize);
       dense_block_values(scores.data() + t0 + j, ctx, G, D, vrow, D, 1, out);
     }
-  }
+  });
 }
 
 #ifdef TESSERA_KIVI_AVX2
@@ -207,12 +218,10 @@ static void attend_row16(const float* qi, int64_t G, int64_t D, int64_t ctx, con
   float* sd = qs + G * D;
   float* md = sd + D;
   float* bias = md + D;
-  for (int64_t t0 = 0; t0 < ctx; t0 += bs) {
-    const int64_t b = table[t0 / bs], n = std::min(bs, ctx - t0), slot = slot_of[b];
-    if (slot >= 0) {
-      dense_block_scores(qi, G, D, sk + (slot * bs * KVH + h) * D, KVH * D, n, sc, scores.data() + t0, ctx);
-      continue;
-    }
+  const auto staged_keys = [&](int64_t t0, int64_t n, const float* rows) {
+    dense_block_scores(qi, G, D, rows, KVH * D, n, sc, scores.data() + t0, ctx);
+  };
+  for_each_block(ctx, bs, table, slot_of, sk, KVH, h, D, staged_keys, [&](int64_t t0, int64_t n, int64_t b) {
     const int64_t base = (b * KVH + h) * D;
     for (int64_t d = 0; d < D; ++d) {
       sd[d] = half_to_float(ks[base + d]) * sc;
@@ -236,15 +245,13 @@ static void attend_row16(const float* qi, int64_t G, int64_t D, int64_t ctx, con
       TESSERA_CHUNKS(TESSERA_KEYS)
 #undef TESSERA_KEYS
     }
-  }
+  });
   for (int64_t g = 0; g < G; ++g) softmax_inplace(scores.data() + g * ctx, ctx);
   for (int64_t x = 0; x < G * D; ++x) out[x] = 0.f;
-  for (int64_t t0 = 0; t0 < ctx; t0 += bs) {
-    const int64_t b = table[t0 / bs], n = std::min(bs, ctx - t0), slot = slot_of[b];
-    if (slot >= 0) {
-      dense_block_values(scores.data() + t0, ctx, G, D, sv + (slot * bs * KVH + h) * D, KVH * D, n, out);
-      continue;
-    }
+  const auto staged_values = [&](int64_t t0, int64_t n, const float* rows) {
+    dense_block_values(scores.data() + t0, ctx, G, D, rows, KVH * D, n, out);
+  };
+  for_each_block(ctx, bs, table, slot_of, sv, KVH, h, D, staged_values, [&](int64_t t0, int64_t n, int64_t b) {
     for (int64_t grp = 0; grp < VG; ++grp)
       for (int64_t g0 = 0; g0 < G; g0 += 4) {
         const int64_t gc = std::min<int64_t>(4, G - g0);
@@ -254,7 +261,7 @@ static void attend_row16(const float* qi, int64_t G, int64_t D, int64_t ctx, con
         TESSERA_CHUNKS(TESSERA_VALUES)
 #undef TESSERA_VALUES
       }
-  }
+  });
 }
 #undef TESSERA_CHUNKS
 #endif  // TESSERA_KIVI_AVX2
