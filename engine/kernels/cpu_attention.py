@@ -62,3 +62,15 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
         return reference.paged_attention(q, k, v, k_cache, v_cache, meta, scale)
     tables, seq_of, ctx_of = _rows(meta, q.device)
     return _EXT.load().paged_attention_rows(q, k_cache, v_cache, tables, seq_of, ctx_of, scale)
+
+
+@register_kernel("write_kv", "cpu", available=available, name="cpu_write_kv")
+def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """Same contract as the reference (k, v: [T, KVH, D]; caches [NB, bs, KVH, D]; slot_mapping [T])."""
+    heads_ok = all(t.dtype == torch.float32 and t.dim() == 3 and t.stride(2) == 1 and t.stride(1) == t.shape[2]
+                   for t in (k, v))
+    if not heads_ok or k_cache.dtype != torch.float32 or not k_cache.is_contiguous() or not v_cache.is_contiguous():
+        reference.write_kv(k, v, k_cache, v_cache, slot_mapping)
+        return
+    _EXT.load().write_kv_rows(k, v, k_cache, v_cache, slot_mapping)

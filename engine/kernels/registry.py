@@ -71,6 +71,7 @@ def _load_builtin_kernels() -> None:
     # Imported lazily so the registry module itself has no heavy imports and no import cycles.
     from engine.kernels import (
         cpu_attention,  # noqa: F401
+        cpu_elementwise,  # noqa: F401
         cpu_kivi_attention,  # noqa: F401
         cpu_linear,  # noqa: F401
         kv_quant,  # noqa: F401

@@ -94,6 +94,30 @@ KIVI_SHAPES = [(KVH, H, BS, 16), (3, 3, 16, 16), (1, 4, 16, 16), (2, 14, 16, 16)
                (KVH, H, 16, 32)]
 
 
+def _elementwise_args(op: str, rows: int, seed: int = 0) -> tuple:
+    """Inputs as the model passes them: rows are views into a wider projection output (strided), the
+    activations large enough that SiLU's exp meets both signs and its clamp."""
+    g = torch.Generator().manual_seed(seed)
+    hidden, inter = 96, 80
+    if op in ("rms_norm", "add_rms_norm"):
+        x = torch.randn(rows, hidden + 8, generator=g)[:, :hidden] * 3
+        w = torch.randn(hidden, generator=g)
+        if op == "rms_norm":
+            return x, w, 1e-5
+        return x, torch.randn(rows, hidden, generator=g), w, 1e-6
+    if op == "silu_and_mul":
+        return (torch.randn(rows, 2 * inter + 4, generator=g)[:, :2 * inter] * 30,)
+    qkv = torch.randn(rows, (H + 2 * KVH) * D, generator=g)
+    q, k = qkv[:, :H * D].view(rows, H, D), qkv[:, H * D:(H + KVH) * D].view(rows, KVH, D)
+    angles = torch.rand(rows, D // 2, generator=g) * 100
+    emb = torch.cat((angles, angles), dim=-1)
+    return q, k, emb.cos(), emb.sin()
+
+
+ELEMENTWISE_CASES = {op: (lambda rows, op=op: _elementwise_args(op, rows))
+                     for op in ("rms_norm", "add_rms_norm", "silu_and_mul", "rotary")}
+
+
 def _device_kernels():
     get_kernel("paged_attention", "cpu")  # loads the built-in kernel modules
     return [e for op in KERNELS.ops() for e in KERNELS.implementations(op) if e.device_type != REFERENCE]
@@ -136,6 +160,27 @@ def test_device_kernel_matches_reference(entry):
                                        msg=lambda m, kb=kb, vb=vb, s=(kvh, h, bs, vgroup): f"K{kb}V{vb} {s}: {m}")
     elif entry.device_type == "cuda" and entry.name.startswith("triton"):
         pytest.skip("compared with its reference in tests/engine/kernels/test_triton_*.py")
+    elif entry.op == "write_kv":
+        g = torch.Generator().manual_seed(0)
+        kv = torch.randn(5, (H + 2 * KVH) * D, generator=g)  # rows as the model passes them: strided views
+        k, v = kv[:, H * D:(H + KVH) * D].view(5, KVH, D), kv[:, (H + KVH) * D:].view(5, KVH, D)
+        slots = torch.tensor([3, 0, 17, 40, 9])
+        caches = [torch.randn(4, BS, KVH, D, generator=g) for _ in range(2)]
+        got, want = [c.clone() for c in caches], [c.clone() for c in caches]
+        entry.fn(k, v, *got, slots)
+        ref(k, v, *want, slots)
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+        with pytest.raises(RuntimeError, match="slot out of range"):
+            entry.fn(k, v, *got, torch.tensor([0, 1, 2, 3, 4 * BS]))
+    elif entry.op in ELEMENTWISE_CASES:
+        for rows in (1, 17, 130):
+            args = ELEMENTWISE_CASES[entry.op](rows)
+            got, want = entry.fn(*args), ref(*args)
+            for a, b in zip(*((x,) if isinstance(x, torch.Tensor) else x for x in (got, want)), strict=True):
+                if entry.op == "rotary":  # products rounded before the add, as the reference: exact
+                    assert torch.equal(a, b), f"{rows} rows: rotary differs from the reference"
+                else:
+                    torch.testing.assert_close(a, b, atol=2e-6, rtol=2e-6)
     else:
         pytest.fail(f"no comparison written for op {entry.op!r}: add one")
 
@@ -182,3 +227,21 @@ def test_cpu_attention_rows_do_not_depend_on_chunking():
     assert torch.equal(torch.cat([run(0, 20, False), run(20, ctx, False)]), whole)
     assert torch.equal(run(0, ctx, True), whole)
     assert nb == table.shape[0]
+
+
+@pytest.mark.parametrize("op", sorted(ELEMENTWISE_CASES))
+def test_cpu_elementwise_rows_do_not_depend_on_batch_size(op):
+    """Each row is computed by the same loop however many rows the call has (and however the pool
+    splits them), so a token's result does not change with its batch."""
+    entry = next((e for e in KERNELS.implementations(op) if e.device_type == "cpu"), None)
+    if entry is None or not entry.available():
+        pytest.skip(f"no CPU kernel for {op} here")
+    args = _elementwise_args(op, 2000)  # more rows than one thread takes: the pool splits them
+
+    def first(out):
+        return out if isinstance(out, torch.Tensor) else out[0]
+
+    whole = first(entry.fn(*args))
+    for rows in (1, 2, 37):
+        part = first(entry.fn(*[a[:rows] if isinstance(a, torch.Tensor) and a.dim() > 1 else a for a in args]))
+        assert torch.equal(part, whole[:rows]), f"{op}: row results changed with {rows} rows"
