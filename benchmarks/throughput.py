@@ -5,9 +5,10 @@ and shared by every backend), greedy, exactly --output-len new tokens each (EOS 
 --concurrency sequences at once. Only generation is timed; model load and a short warmup (on other
 prompts, so no prefix cache can help the timed run) are not. vLLM and HF run as subprocesses
 (benchmarks/baselines/); native runs in this process. In the same run, a matmul ceiling is measured
-(benchmarks/matmul_ceiling.py): the time of one pass of F.linear over every weight matrix of the model
-(lm_head included) on a [concurrency, hidden] input, i.e. an upper bound on decode tokens/s that ignores
-attention and all other work; native is reported as a fraction of it.
+(benchmarks/matmul_ceiling.py): the time of one pass over every weight matrix of the model (lm_head
+included) on a [concurrency, hidden] input, with torch's F.linear and with the engine's linear kernel, the
+faster of the two being the ceiling: an upper bound on decode tokens/s that ignores attention and all
+other work; native is reported as a fraction of it.
 """
 
 from __future__ import annotations
@@ -389,5 +390,6 @@ def _print_summary(results: dict) -> None:
             print(f"{key:<6} {b:<8} {v['output_tok_s']:>10.1f} {v['total_tok_s']:>12.1f} {v['elapsed_s']:>10.2f}")
         ratios = ", ".join(f"{k} = {v:.2f}" for k, v in r["ratios"].items() if v is not None)
         frac = r.get("native_frac_of_ceiling")
-        print(f"{key:<6} matmul ceiling {r['matmul_ceiling_tok_s']:.1f} tok/s"
+        by = ", ".join(f"{k} {v:.1f}" for k, v in r.get("matmul_ceiling_by_gemm", {}).items())
+        print(f"{key:<6} matmul ceiling {r['matmul_ceiling_tok_s']:.1f} tok/s" + (f" ({by})" if by else "")
               + (f"; native at {frac:.1%} of it" if frac is not None else "") + (f"; {ratios}" if ratios else ""))

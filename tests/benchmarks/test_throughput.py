@@ -26,6 +26,7 @@ def _check_block(block: dict, backends: list[str]) -> None:
         assert entry["total_tok_s"] > entry["output_tok_s"]  # input tokens count in the total
     assert set(block["ratios"]) == {"native/vllm", "native/hf"}
     assert block["matmul_ceiling_tok_s"] > 0
+    assert block["matmul_ceiling_tok_s"] == max(block["matmul_ceiling_by_gemm"].values())
 
 
 def test_native_and_hf_shape(tmp_path):
@@ -92,9 +93,10 @@ def test_matmul_ceiling_on_synthetic_weights():
     arch = resolved.arch
     assert len(weights) == 7 * arch.num_layers + 1
     assert weights[-1].shape == (arch.vocab_size, arch.hidden_size)
-    ceil = matmul_ceiling.matmul_ceiling(weights, batch=4, min_time_s=0.05)
-    assert ceil["tok_s"] > 0 and ceil["time_per_step_s"] > 0
-    assert ceil["tok_s"] == pytest.approx(4 / ceil["time_per_step_s"])
+    for linears in (None, matmul_ceiling.engine_linears(weights)):
+        ceil = matmul_ceiling.matmul_ceiling(weights, batch=4, min_time_s=0.05, linears=linears)
+        assert ceil["tok_s"] > 0 and ceil["time_per_step_s"] > 0
+        assert ceil["tok_s"] == pytest.approx(4 / ceil["time_per_step_s"])
 
 
 def test_linear_weights_of_a_real_checkpoint(default_model_dir):

@@ -69,7 +69,14 @@ torch::Tensor paged_attention_rows(torch::Tensor q,             // [T, H, D] flo
         for (int64_t h = 0; h < per_task; ++h)
           dense_block_scores(qi + h * G * D, G, D, kb + h * D, KVH * D, n, sc, scores.data() + h * G * ctx + t0, ctx);
       }
+      // the first value block (and, below, the next task's first key block) have no predecessor to
+      // hide their fetch behind, so they are requested before the softmax and the value pass
+      prefetch_block(vp + (table[0] * bs * KVH + h0) * D, std::min(bs, ctx), per_task * D, KVH * D);
       for (int64_t g = 0; g < per_task * G; ++g) softmax_inplace(scores.data() + g * ctx, ctx);
+      if (task + 1 < end) {
+        const int64_t ni = (task + 1) / chunks, nh0 = ((task + 1) % chunks) * per_task;
+        prefetch_block(kp + (bt[sq[ni] * max_blocks] * bs * KVH + nh0) * D, std::min(bs, cl[ni]), per_task * D, KVH * D);
+      }
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t t0 = 0; t0 < ctx; t0 += bs) {
         const float* vb = vp + (table[t0 / bs] * bs * KVH + h0) * D;
