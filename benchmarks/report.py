@@ -16,11 +16,16 @@ def machine_info() -> dict:
     import psutil
     import torch
 
-    cpu_model = platform.processor() or ""
+    cpu_model, named, simd = platform.processor() or "", False, []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
+            if line.startswith("model name") and not named:
+                cpu_model, named = line.split(":", 1)[1].strip(), True
+            elif line.startswith("flags") and not simd:
+                # the vector units a CPU figure depends on (the kernels pick their path by these)
+                simd = sorted(f for f in line.split(":", 1)[1].split()
+                              if f in ("avx2", "fma", "f16c", "amx_tile") or f.startswith("avx512"))
+            if named and simd:
                 break
     except OSError:
         pass
@@ -30,6 +35,7 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu": cpu_model,
+        "cpu_simd": simd,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
