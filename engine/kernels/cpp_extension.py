@@ -28,6 +28,21 @@ def _cpu_tag() -> str:
     return hashlib.sha1(flags.encode()).hexdigest()[:10]
 
 
+def fp32_rows(*ts) -> bool:
+    """[T, H] float32 tensors with contiguous rows (rows may be strided): what the csrc kernels read."""
+    import torch
+
+    return all(t.dtype == torch.float32 and t.dim() == 2 and t.stride(1) == 1 for t in ts)
+
+
+def fp32_heads(*ts) -> bool:
+    """[T, heads, D] float32 tensors with contiguous heads within a token (tokens may be strided)."""
+    import torch
+
+    return all(t.dtype == torch.float32 and t.dim() == 3 and t.stride(2) == 1 and t.stride(1) == t.shape[2]
+               for t in ts)
+
+
 class CppExtension:
     """One csrc/*.cpp source, built once per process on first `load()`; set TESSERA_NO_CPP=1 to skip."""
 

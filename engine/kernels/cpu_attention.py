@@ -10,7 +10,7 @@ import torch
 
 from engine.attention_metadata import AttentionMetadata
 from engine.kernels import reference
-from engine.kernels.cpp_extension import CppExtension
+from engine.kernels.cpp_extension import CppExtension, fp32_heads
 from engine.kernels.registry import register_kernel
 
 _EXT = CppExtension("tessera_cpu_attention", "paged_attention.cpp")
@@ -68,9 +68,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
 def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
     """Same contract as the reference (k, v: [T, KVH, D]; caches [NB, bs, KVH, D]; slot_mapping [T])."""
-    heads_ok = all(t.dtype == torch.float32 and t.dim() == 3 and t.stride(2) == 1 and t.stride(1) == t.shape[2]
-                   for t in (k, v))
-    if not heads_ok or k_cache.dtype != torch.float32 or not k_cache.is_contiguous() or not v_cache.is_contiguous():
+    if not fp32_heads(k, v) or k_cache.dtype != torch.float32 or not k_cache.is_contiguous() or not v_cache.is_contiguous():
         reference.write_kv(k, v, k_cache, v_cache, slot_mapping)
         return
     _EXT.load().write_kv_rows(k, v, k_cache, v_cache, slot_mapping)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from engine.kernels import reference
-from engine.kernels.cpp_extension import CppExtension
+from engine.kernels.cpp_extension import CppExtension, fp32_heads, fp32_rows
 from engine.kernels.registry import register_kernel
 
 _EXT = CppExtension("tessera_cpu_elementwise", "elementwise.cpp")
@@ -18,14 +18,10 @@ def available() -> bool:
     return _EXT.available()
 
 
-def _rows_ok(*ts: torch.Tensor) -> bool:
-    return all(t.dtype == torch.float32 and t.dim() == 2 and t.stride(1) == 1 for t in ts)
-
-
 @register_kernel("rms_norm", "cpu", available=available, name="cpu_rms_norm")
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x: [T, H], weight: [H] -> [T, H]."""
-    if not _rows_ok(x) or weight.dtype != torch.float32:
+    if not fp32_rows(x) or weight.dtype != torch.float32:
         return reference.rms_norm(x, weight, eps)
     return _EXT.load().rms_norm(x, weight, eps)
 
@@ -33,16 +29,15 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 @register_kernel("add_rms_norm", "cpu", available=available, name="cpu_add_rms_norm")
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
     """x, residual: [T, H] -> (rms_norm(x + residual), x + residual)."""
-    if not _rows_ok(x, residual) or weight.dtype != torch.float32 or x.shape != residual.shape:
+    if not fp32_rows(x, residual) or weight.dtype != torch.float32 or x.shape != residual.shape:
         return reference.add_rms_norm(x, residual, weight, eps)
-    out, total = _EXT.load().add_rms_norm(x, residual, weight, eps)
-    return out, total
+    return tuple(_EXT.load().add_rms_norm(x, residual, weight, eps))
 
 
 @register_kernel("silu_and_mul", "cpu", available=available, name="cpu_silu_and_mul")
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """x: [T, 2*I] laid out as [gate | up] -> silu(gate) * up: [T, I]."""
-    if not _rows_ok(x) or x.shape[1] % 2:
+    if not fp32_rows(x) or x.shape[1] % 2:
         return reference.silu_and_mul(x)
     return _EXT.load().silu_and_mul(x)
 
@@ -50,9 +45,6 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
 @register_kernel("rotary", "cpu", available=available, name="cpu_rotary")
 def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     """q: [T, H, D], k: [T, KVH, D], cos/sin: [T, D] -> rotated (q, k), NeoX rotate-half."""
-    heads_ok = all(t.dtype == torch.float32 and t.dim() == 3 and t.stride(2) == 1 and t.stride(1) == t.shape[2]
-                   for t in (q, k))
-    if not heads_ok or cos.dtype != torch.float32 or q.shape[2] % 2:
+    if not fp32_heads(q, k) or cos.dtype != torch.float32 or q.shape[2] % 2:
         return reference.rotary(q, k, cos, sin)
-    qo, ko = _EXT.load().rotary(q, k, cos, sin)
-    return qo, ko
+    return tuple(_EXT.load().rotary(q, k, cos, sin))

@@ -13,8 +13,9 @@
 #include <cstdint>
 #include <cstring>
 
+#include "softmax.h"  // exp_nonpositive, exp_nonpositive8
+
 #if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
 #define TESSERA_EW_AVX2 1
 #endif
 
@@ -43,25 +44,6 @@ void rms_row(const float* x, const float* w, float eps, int64_t n, float* out) {
   }
 }
 
-#ifdef TESSERA_EW_AVX2
-// e^x for x <= 0, 8 lanes: Cephes' expf polynomial (relative error ~2e-7, as softmax.h)
-inline __m256 exp_nonpositive8(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
-  const __m256 n = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                                 _mm256_set1_ps(0.5f)));
-  __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f)));
-  r = _mm256_add_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(2.12194440e-4f)));
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.f));
-  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
-}
-#endif
 
 // out[j] = silu(g[j]) * u[j], silu(g) = g / (1 + e^-g), with e^-|g| so the exp never overflows
 void silu_mul_row(const float* g, const float* u, int64_t n, float* out) {
@@ -79,7 +61,7 @@ void silu_mul_row(const float* g, const float* u, int64_t n, float* out) {
 #endif
   for (; j < n; ++j) {
     const float x = g[j];
-    const float e = std::exp(-std::fabs(x));
+    const float e = exp_nonpositive(-std::fabs(x));
     const float s = (x >= 0.f ? x : x * e) / (1.f + e);
     out[j] = s * u[j];
   }
