@@ -56,8 +56,7 @@ def graph_safe_storage(storage) -> bool:
 def takes_plain_argmax(req) -> bool:
     """Whether the sampler's next token for req is argmax of its logits (nothing modifies them)."""
     p = req.params
-    banned = req.num_output_tokens < p.min_tokens and (p.stop_token_ids or not p.ignore_eos)
-    return p.greedy and not p.needs_penalties and not banned
+    return p.greedy and not p.needs_penalties and not req.banned_token_ids
 
 
 def token_at(req, index: int) -> int:

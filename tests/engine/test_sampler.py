@@ -245,6 +245,16 @@ def test_min_tokens_with_ignore_eos_only_bans_stop_token_ids():
     assert tok == eos
 
 
+def test_banned_token_ids_follow_min_tokens_eos_and_stop_ids():
+    eos, stop = 5, 9
+    assert _req(SamplingParams(min_tokens=2, stop_token_ids=(stop,)), eos=(eos,)).banned_token_ids == (eos, stop)
+    assert _req(SamplingParams(min_tokens=2, stop_token_ids=(stop,), ignore_eos=True),
+                eos=(eos,)).banned_token_ids == (stop,)
+    # ignore_eos and no stop ids: min_tokens bans nothing, so the sampler can take the logits as they are
+    assert _req(SamplingParams(min_tokens=2, ignore_eos=True), eos=(eos,)).banned_token_ids == ()
+    assert _req(SamplingParams(min_tokens=2), output=[1, 1], eos=(eos,)).banned_token_ids == ()
+
+
 def test_logprobs_are_log_softmax_of_raw_logits_with_sorted_alternatives():
     g = torch.Generator().manual_seed(6)
     logits = torch.randn(3, V, generator=g) * 3
