@@ -67,14 +67,16 @@ class Request:
         return len(self.output_token_ids)
 
     @property
-    def banned_token_ids(self) -> tuple[int, ...]:
-        """Tokens the sampler must not pick now: until min_tokens are out, the stop token ids and (unless
-        ignore_eos) EOS. Empty when nothing is banned, so the logits can be used as they are."""
+    def min_tokens_bans(self) -> tuple[int, ...]:
+        """What min_tokens bans while it applies: the stop token ids and (unless ignore_eos) EOS."""
         p = self.params
-        if self.num_output_tokens >= p.min_tokens:
-            return ()
-        banned = set(p.stop_token_ids) | (set() if p.ignore_eos else set(self.eos_token_ids))
-        return tuple(sorted(banned))
+        return tuple(sorted(set(p.stop_token_ids) | (set() if p.ignore_eos else set(self.eos_token_ids))))
+
+    @property
+    def banned_token_ids(self) -> tuple[int, ...]:
+        """Tokens the sampler must not pick now. Empty when nothing is banned, so the logits can be used
+        as they are."""
+        return self.min_tokens_bans if self.num_output_tokens < self.params.min_tokens else ()
 
     @property
     def is_finished(self) -> bool:

@@ -13,7 +13,7 @@ def can_process(req: Request) -> bool:
     """Penalties and min_tokens bans depend on the tokens before each position; such requests are left
     to the engine's own sampler, which applies them token by token."""
     p = req.params
-    return not p.needs_penalties and req.num_output_tokens >= p.min_tokens
+    return not p.needs_penalties and (req.num_output_tokens >= p.min_tokens or not req.min_tokens_bans)
 
 
 def target_probs(logits: torch.Tensor, req: Request) -> torch.Tensor:
