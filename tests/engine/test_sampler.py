@@ -212,6 +212,28 @@ def test_penalties_change_the_greedy_choice_but_not_the_raw_logprobs():
     assert lp.top[0][0] == 0, "logprobs describe the raw distribution, before penalties"
 
 
+def test_a_penalized_request_in_a_batch_changes_only_its_own_row():
+    # rows 0 and 2 prefer token 0, which row 0 already produced; only row 0 has a presence penalty
+    logits = torch.zeros(4, V)
+    logits[:, 0] = 5.0
+    logits[:, 1] = 4.5
+    original = logits.clone()
+    reqs = [_req(SamplingParams(temperature=0.0, presence_penalty=1.0), output=[0]),
+            _req(SamplingParams(temperature=0.0), output=[0]),
+            _req(SamplingParams(temperature=0.7, presence_penalty=1.0), output=[0], seed=3),
+            _req(SamplingParams(temperature=0.0, min_tokens=2, ignore_eos=True), output=[0], eos=(0,))]
+    out = Sampler(V)(logits, reqs)
+    assert [tok for tok, _ in out][:2] == [1, 0]
+    assert out[3][0] == 0, "min_tokens with ignore_eos bans nothing"
+    assert torch.equal(logits, original), "the caller's logits must not be modified"
+    # each row's token is the one it gets when sampled alone
+    for i, req in enumerate(reqs):
+        if req.generator is not None:
+            req.generator.manual_seed(3)
+        ((alone, _),) = Sampler(V)(original[i:i + 1].clone(), [req])
+        assert alone == out[i][0]
+
+
 def test_min_tokens_bans_eos_and_stop_token_ids():
     eos, stop = 5, 9
     logits = torch.zeros(1, V)
