@@ -1,8 +1,9 @@
 """The matmul ceiling of `tessera bench throughput`: the time of one pass over every weight matrix a
 decode step multiplies by (in the benchmark's dtype, float32 by default), i.e. an upper bound on decode
 tokens/s that ignores attention and all other work. Measured two ways: with torch's F.linear (on x86
-CPUs, MKL sgemm) and with the engine's own linear kernel (on x86 CPUs, oneDNN with weights reordered
-at load time, 2-4x faster at decode batch sizes). The headline ceiling is the faster of the two, so
+CPUs, MKL sgemm) and with the engine's own linear kernel (on x86 CPUs with AVX-512, the panel kernel of
+engine/kernels/csrc/panel_linear.cpp, else oneDNN; both with weights re-laid-out at load time and
+2-4x faster than MKL at decode batch sizes). The headline ceiling is the faster of the two, so
 native is never reported against a bound it already beats by using a better GEMM. Kept apart from the
 backends it bounds."""
 

@@ -1,5 +1,10 @@
-"""Linear layers on x86 CPUs through oneDNN with the weight reordered once, at load time, into the
-blocked layout its fp32 GEMM reads. At decode batch sizes (M = 1..64) the default MKL sgemm path
+"""Linear layers on x86 CPUs, the weight re-laid-out once at load time for the kernel that reads it.
+
+With AVX-512, the panel kernel (engine/kernels/csrc/panel_linear.cpp) is preferred: the weight in
+16-column panels, one FMA chain per output element. It is 1.2-1.6x faster than oneDNN at decode batch
+sizes and level with it from 256 rows on, and a row's result never depends on its batch.
+
+Otherwise oneDNN, with the weight reordered into the blocked layout its fp32 GEMM reads. At decode batch sizes (M = 1..64) the default MKL sgemm path
 re-packs the weight on every call, and on AMD CPUs it also skips its AVX-512 kernels; the
 pre-reordered oneDNN GEMM is 2-2.4x faster there (M=16: 255 -> 611 tok/s for SmolLM2-135M's
 weights, measured on the 2-core EPYC dev machine), with the same fp32 arithmetic per element."""
@@ -10,7 +15,10 @@ import platform
 
 import torch
 
+from engine.kernels.cpp_extension import CppExtension
 from engine.kernels.registry import register_kernel
+
+_PANEL_EXT = CppExtension("tessera_panel_linear", "panel_linear.cpp")
 
 # oneDNN picks its blocking from a batch-size hint; 64 was within 1% of the best hint at every M
 # from 1 to 512 measured on the dev machine, so one packing serves decode and prefill alike.
@@ -48,3 +56,37 @@ def pack_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch
 
         return DenseLinear(weight, bias)
     return OneDNNLinear(weight, bias)
+
+
+def panel_available() -> bool:
+    ext = _PANEL_EXT.load()
+    return ext is not None and ext.supported()
+
+
+class PanelLinear(torch.nn.Module):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self._ext = _PANEL_EXT.load()
+        self.packed = self._ext.pack(weight.detach().contiguous())  # [ceil(out/16), in, 16]
+        self.bias = None if bias is None else bias.detach().contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [T, in] -> [T, out]."""
+        if x.dim() != 2 or x.dtype != torch.float32 or x.shape[1] != self.in_features:
+            raise ValueError(f"PanelLinear({self.in_features} -> {self.out_features}) takes [T, "
+                             f"{self.in_features}] fp32, got {tuple(x.shape)} {x.dtype}")
+        if x.stride(1) != 1:
+            x = x.contiguous()
+        return self._ext.linear(x, self.packed, self.bias, self.out_features)
+
+
+# registered after oneDNN, so it is tried first
+@register_kernel("pack_linear", "cpu", available=panel_available, name="avx512_panel_linear")
+def pack_panel_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.nn.Module:
+    """weight: [out, in] fp32 (other dtypes keep the reference), bias: [out] or None."""
+    if weight.dtype != torch.float32:
+        from engine.kernels.reference import DenseLinear
+
+        return DenseLinear(weight, bias)
+    return PanelLinear(weight, bias)

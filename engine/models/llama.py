@@ -88,7 +88,7 @@ class LlamaForCausalLM(nn.Module):
         p = self.embed_tokens.weight
         self.ops = ops
         # Load-time transformation: every projection becomes the device's linear module (on x86 CPUs
-        # the weight re-laid-out once for oneDNN). The tied lm_head gets its own copy in that layout,
+        # the weight re-laid-out once for the CPU GEMM). The tied lm_head gets its own copy in that layout,
         # since the embedding lookup needs the plain table.
         for layer in self.layers:
             for parent, name in ((layer.self_attn, "qkv_proj"), (layer.self_attn, "o_proj"),

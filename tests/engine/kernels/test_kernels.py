@@ -185,10 +185,11 @@ def test_device_kernel_matches_reference(entry):
         pytest.fail(f"no comparison written for op {entry.op!r}: add one")
 
 
-def test_cpu_linear_rows_do_not_depend_on_batch_size():
-    entry = next(e for e in KERNELS.implementations("pack_linear") if e.device_type == "cpu")
+@pytest.mark.parametrize("entry", [e for e in KERNELS.implementations("pack_linear") if e.device_type == "cpu"],
+                         ids=lambda e: e.name)
+def test_cpu_linear_rows_do_not_depend_on_batch_size(entry):
     if not entry.available():
-        pytest.skip("oneDNN linear not available here")
+        pytest.skip(f"{entry.name} not available here")
     g = torch.Generator().manual_seed(1)
     lin = entry.fn(torch.randn(256, 1536, generator=g) * 0.05, None)
     x = torch.randn(70, 1536, generator=g)
@@ -245,3 +246,16 @@ def test_cpu_elementwise_rows_do_not_depend_on_batch_size(op):
     for rows in (1, 2, 37):
         part = first(entry.fn(*[a[:rows] if isinstance(a, torch.Tensor) and a.dim() > 1 else a for a in args]))
         assert torch.equal(part, whole[:rows]), f"{op}: row results changed with {rows} rows"
+
+
+def test_panel_linear_rejects_input_of_the_wrong_width_or_dtype():
+    from engine.kernels.cpu_linear import PanelLinear, panel_available
+
+    if not panel_available():
+        pytest.skip("the AVX-512 panel linear cannot be built here")
+    lin = PanelLinear(torch.randn(40, 24), None)
+    with pytest.raises(ValueError, match=r"takes \[T, 24\] fp32"):
+        lin(torch.randn(3, 25))
+    with pytest.raises(ValueError, match="fp32"):
+        lin(torch.randn(3, 24, dtype=torch.float64))
+    assert lin(torch.randn(3, 24)).shape == (3, 40)
