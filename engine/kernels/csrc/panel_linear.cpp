@@ -90,8 +90,13 @@ bool supported() {
 torch::Tensor pack(torch::Tensor weight) {
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == torch::kFloat32, "pack: weight must be [N, K] fp32");
   const int64_t N = weight.size(0), K = weight.size(1), panels = (N + kPanel - 1) / kPanel;
-  auto padded = torch::zeros({panels * kPanel, K}, weight.options());
-  padded.narrow(0, 0, N).copy_(weight);
+  // one copy when N is a multiple of 16 (every projection of the default model), so loading a model
+  // never holds a third copy of its largest matrix
+  auto padded = weight.contiguous();
+  if (N % kPanel) {
+    padded = torch::zeros({panels * kPanel, K}, weight.options());
+    padded.narrow(0, 0, N).copy_(weight);
+  }
   return padded.view({panels, kPanel, K}).transpose(1, 2).contiguous();
 }
 
