@@ -1,11 +1,11 @@
 """Linear layers on x86 CPUs, the weight re-laid-out once at load time for the kernel that reads it.
 
 With AVX-512, the panel kernel (engine/kernels/csrc/panel_linear.cpp) is preferred: the weight in
-16-column panels, one FMA chain per output element. It is 1.2-1.6x faster than oneDNN at decode batch
+16-column panels, one FMA chain per output element. It is 1.2-2.3x faster than oneDNN at decode batch
 sizes and level with it from 256 rows on, and a row's result never depends on its batch.
 
-Otherwise oneDNN, with the weight reordered into the blocked layout its fp32 GEMM reads. At decode batch sizes (M = 1..64) the default MKL sgemm path
-re-packs the weight on every call, and on AMD CPUs it also skips its AVX-512 kernels; the
+Otherwise oneDNN, with the weight reordered into the blocked layout its fp32 GEMM reads. At decode
+batch sizes (M = 1..64) the default MKL sgemm path re-packs the weight on every call, and on AMD CPUs it also skips its AVX-512 kernels; the
 pre-reordered oneDNN GEMM is 2-2.4x faster there (M=16: 255 -> 611 tok/s for SmolLM2-135M's
 weights, measured on the 2-core EPYC dev machine), with the same fp32 arithmetic per element."""
 
@@ -48,14 +48,18 @@ class OneDNNLinear(torch.nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
-@register_kernel("pack_linear", "cpu", available=available, name="onednn_packed_linear")
-def pack_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.nn.Module:
-    """weight: [out, in] fp32 (other dtypes keep the reference), bias: [out] or None."""
-    if weight.dtype != torch.float32:
+def _fp32_only(module: type[torch.nn.Module], weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Module:
+    if weight.dtype != torch.float32:  # both CPU kernels are fp32 GEMMs; other dtypes keep the reference
         from engine.kernels.reference import DenseLinear
 
         return DenseLinear(weight, bias)
-    return OneDNNLinear(weight, bias)
+    return module(weight, bias)
+
+
+@register_kernel("pack_linear", "cpu", available=available, name="onednn_packed_linear")
+def pack_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.nn.Module:
+    """weight: [out, in] fp32 (other dtypes keep the reference), bias: [out] or None."""
+    return _fp32_only(OneDNNLinear, weight, bias)
 
 
 def panel_available() -> bool:
@@ -85,8 +89,4 @@ class PanelLinear(torch.nn.Module):
 @register_kernel("pack_linear", "cpu", available=panel_available, name="avx512_panel_linear")
 def pack_panel_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.nn.Module:
     """weight: [out, in] fp32 (other dtypes keep the reference), bias: [out] or None."""
-    if weight.dtype != torch.float32:
-        from engine.kernels.reference import DenseLinear
-
-        return DenseLinear(weight, bias)
-    return PanelLinear(weight, bias)
+    return _fp32_only(PanelLinear, weight, bias)

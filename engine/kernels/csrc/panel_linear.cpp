@@ -3,7 +3,7 @@
 // input feature, and a panel streams from memory sequentially.
 //
 // Why not oneDNN: at decode batch sizes (M = 1..64 rows) a step reads every weight once and does little
-// arithmetic per byte. oneDNN's fp32 GEMM with a pre-reordered weight spends 1.2-1.6x longer than this
+// arithmetic per byte. oneDNN's fp32 GEMM with a pre-reordered weight spends 1.2-2.3x longer than this
 // loop there (SmolLM2-135M's projections on the 2-core EPYC dev machine), and from 256 rows on the two
 // are level. The micro-kernel keeps 8 rows x 3 panels = 24 zmm accumulators, so each weight load feeds 8
 // FMAs and each broadcast input feeds 3, which is enough to reach the FMA unit's rate at 64 rows while
