@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -66,9 +67,10 @@ class Request:
     def num_output_tokens(self) -> int:
         return len(self.output_token_ids)
 
-    @property
+    @cached_property
     def min_tokens_bans(self) -> tuple[int, ...]:
-        """What min_tokens bans while it applies: the stop token ids and (unless ignore_eos) EOS."""
+        """What min_tokens bans while it applies: the stop token ids and (unless ignore_eos) EOS. Fixed for
+        the request's life (params and EOS never change), so worked out once, not on every step."""
         p = self.params
         return tuple(sorted(set(p.stop_token_ids) | (set() if p.ignore_eos else set(self.eos_token_ids))))
 

@@ -5,9 +5,10 @@ With AVX-512, the panel kernel (engine/kernels/csrc/panel_linear.cpp) is preferr
 sizes and level with it from 256 rows on, and a row's result never depends on its batch.
 
 Otherwise oneDNN, with the weight reordered into the blocked layout its fp32 GEMM reads. At decode
-batch sizes (M = 1..64) the default MKL sgemm path re-packs the weight on every call, and on AMD CPUs it also skips its AVX-512 kernels; the
-pre-reordered oneDNN GEMM is 2-2.4x faster there (M=16: 255 -> 611 tok/s for SmolLM2-135M's
-weights, measured on the 2-core EPYC dev machine), with the same fp32 arithmetic per element."""
+batch sizes (M = 1..64) the default MKL sgemm path re-packs the weight on every call, and on AMD CPUs
+it also skips its AVX-512 kernels; the pre-reordered oneDNN GEMM is 2-2.4x faster there (M=16:
+255 -> 611 tok/s for SmolLM2-135M's weights, measured on the 2-core EPYC dev machine), with the same
+fp32 arithmetic per element."""
 
 from __future__ import annotations
 
@@ -76,12 +77,7 @@ class PanelLinear(torch.nn.Module):
         self.bias = None if bias is None else bias.detach().contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [T, in] -> [T, out]."""
-        if x.dim() != 2 or x.dtype != torch.float32 or x.shape[1] != self.in_features:
-            raise ValueError(f"PanelLinear({self.in_features} -> {self.out_features}) takes [T, "
-                             f"{self.in_features}] fp32, got {tuple(x.shape)} {x.dtype}")
-        if x.stride(1) != 1:
-            x = x.contiguous()
+        """x: [T, in] fp32 -> [T, out]; any other shape or dtype raises ValueError (checked in the kernel)."""
         return self._ext.linear(x, self.packed, self.bias, self.out_features)
 
 

@@ -100,16 +100,18 @@ torch::Tensor pack(torch::Tensor weight) {
   return padded.view({panels, kPanel, K}).transpose(1, 2).contiguous();
 }
 
-// x: [M, K] fp32 with contiguous rows, packed: [ceil(N/16), K, 16], bias: [N] or empty -> [M, N]
+// x: [M, K] fp32 (rows may be strided), packed: [ceil(N/16), K, 16], bias: [N] or empty -> [M, N]
 torch::Tensor linear(torch::Tensor x, torch::Tensor packed, std::optional<torch::Tensor> bias_opt, int64_t N) {
   TORCH_CHECK(supported(), "panel linear: built without AVX-512");
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.stride(1) == 1,
-              "panel linear: x must be [M, K] fp32 with contiguous rows");
-  const int64_t M = x.size(0), K = x.size(1), panels = packed.size(0);
-  TORCH_CHECK(packed.dim() == 3 && packed.size(1) == K && packed.size(2) == kPanel && packed.is_contiguous() &&
-                  (N + kPanel - 1) / kPanel == panels,
-              "panel linear: packed weight [", panels, ", ", packed.size(1), ", 16] does not fit x [", M, ", ", K,
-              "] and ", N, " outputs");
+  TORCH_CHECK(packed.dim() == 3 && packed.size(2) == kPanel && packed.is_contiguous() &&
+                  (N + kPanel - 1) / kPanel == packed.size(0),
+              "panel linear: packed weight ", packed.sizes(), " does not hold ", N, " outputs");
+  const int64_t panels = packed.size(0), K = packed.size(1);
+  // ValueError in Python: a caller's mistake, reported with what the layer takes
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == K && x.scalar_type() == torch::kFloat32, "panel linear (", K,
+                    " -> ", N, ") takes [T, ", K, "] fp32, got ", x.sizes(), " ", x.scalar_type());
+  if (x.stride(1) != 1) x = x.contiguous();
+  const int64_t M = x.size(0);
   const torch::Tensor bias = bias_opt.has_value() ? bias_opt->contiguous() : torch::Tensor();
   TORCH_CHECK(!bias.defined() || (bias.numel() == N && bias.scalar_type() == torch::kFloat32),
               "panel linear: bias must be ", N, " fp32 elements");
