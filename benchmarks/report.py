@@ -56,7 +56,8 @@ def write_json(data: dict, path: str | Path | None, default_name: str) -> Path:
     return out
 
 
-def bar_plot(groups: dict[str, dict[str, float]], title: str, ylabel: str, path: str | Path) -> Path:
+def bar_plot(groups: dict[str, dict[str, float]], title: str, ylabel: str, path: str | Path,
+             fmt: str = "%.1f") -> Path:
     """groups: {group label: {series label: value}} drawn as grouped bars with the values printed."""
     import matplotlib
 
@@ -71,7 +72,7 @@ def bar_plot(groups: dict[str, dict[str, float]], title: str, ylabel: str, path:
         xs = [g + i * width for g in range(n_groups)]
         ys = [groups[label].get(s, 0.0) for label in groups]
         bars = ax.bar(xs, ys, width, label=s)
-        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax.bar_label(bars, fmt=fmt, fontsize=8)
     ax.set_xticks([g + width * (n_series - 1) / 2 for g in range(n_groups)], list(groups))
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)

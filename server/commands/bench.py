@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-BENCHMARKS = ("throughput", "prefix", "serve", "roofline", "spec", "capacity")
+BENCHMARKS = ("throughput", "prefix", "serve", "roofline", "spec", "spec_bound", "capacity")
 
 
 def register(subparsers) -> None:

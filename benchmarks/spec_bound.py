@@ -1,0 +1,366 @@
+"""`tessera bench spec-bound`: how many decode steps sibling-sharing speculation can save on the
+best-of-4 workload at all, whatever its drafts cost.
+
+The plain engine samples every best-of-4 family once (n = 4, temperature 0.6, a fixed seed). Lossless
+speculation with that seed emits exactly these tokens (the run checks this on one family with the
+`suffix` proposer), so a draft token is accepted exactly when it equals the recorded next token, and
+the number of steps any drafting policy would take can be replayed offline, without timing noise. The
+four samples advance in lock-step: a family takes as many steps as its slowest sample.
+
+Policies replayed, each over suffix statistics of the prompt and the tokens every sibling has emitted
+so far (the `suffix` proposer's family index):
+- chain_k: up to k drafts, each the most frequent continuation of the longest matching suffix, stopping
+  when the product of continuation frequencies falls below --min-score (the proposer's walk);
+- tree_N: a tree of up to N draft tokens per sample, grown best first by the product of continuation
+  frequencies (every continuation of the longest matching suffix is a child), verified in one step:
+  the sample follows its recorded text down the tree;
+- oracle: every token that follows any matching suffix (lengths min_n..max_n) is available, so a
+  step accepts as far as the recorded text keeps to continuations already seen. No drafter drawing on
+  these statistics accepts more, with any number of drafts or tree-shaped drafts.
+
+`steps_ratio` = plain steps / policy steps is the speed-up the policy would reach if verifying drafts
+cost nothing; a real verify step costs at least a plain one, so it is an upper bound on the speed-up.
+`verified_per_step` is the mean tokens a step would verify (the cost side; for the oracle only the
+accepted path, which no real tree achieves).
+
+The cost side, measured in the same run, turns the steps into a bound on the speed-up on this machine:
+T(b), the time of a plain decode step of b requests (the engine's own steps), and G(M), the time of
+the model's linear layers on M rows (one pass through every packed projection and the logits). A step
+that verifies M tokens for b requests costs at least T(b) + G(M) - G(b): everything a plain step does
+plus the extra GEMM rows, and nothing for drafting or verifying. `speedup_bound` = sum of T(b) over
+the plain steps / sum of that over the policy's steps (step by step, from the replay): no
+implementation of the policy is faster here. JSON + PNG."""
+
+from __future__ import annotations
+
+import heapq
+import statistics
+import sys
+from dataclasses import dataclass
+
+from benchmarks import report
+from benchmarks.spec_prompts import BEST_OF_PROMPTS
+from plugins.spec_decode.suffix_index import SuffixIndex
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("spec-bound", help="best-of-4: decode steps sibling-sharing speculation can save",
+                              description=__doc__)
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--prompts", type=int, default=len(BEST_OF_PROMPTS), help="best-of prompts (families)")
+    p.add_argument("--n", type=int, default=4, help="samples per prompt")
+    p.add_argument("--temperature", type=float, default=0.6)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--ks", default="1,2,3,4,8", help="chain lengths to replay (comma-separated)")
+    p.add_argument("--tree-nodes", default="4,8,16", help="tree sizes to replay (comma-separated)")
+    p.add_argument("--min-n", type=int, default=1)
+    p.add_argument("--max-n", type=int, default=8)
+    p.add_argument("--min-score", type=float, default=0.1)
+    p.add_argument("--cost-sweeps", type=int, default=3, help="alternating sweeps over both cost curves")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="output JSON (PNG next to it); default benchmarks/results/")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=run)
+
+
+@dataclass(frozen=True)
+class Family:
+    prompt: list[int]
+    samples: list[list[int]]
+
+
+@dataclass(frozen=True)
+class Replay:
+    shapes: list[tuple[int, int]]  # per step: (active samples b, tokens verified M >= b)
+
+    @property
+    def steps(self) -> int:
+        return len(self.shapes)
+
+    @property
+    def verified(self) -> int:
+        return sum(m for _, m in self.shapes)
+
+
+def _chain(index: SuffixIndex, tail: list[int], k: int, min_score: float) -> list[int]:
+    out: list[int] = []
+    score = 1.0
+    while len(out) < k:
+        for n in range(min(index.max_n, len(tail)), index.min_n - 1, -1):
+            counts = index.continuations(tail, n)
+            if counts:
+                best = max(counts, key=counts.__getitem__)
+                score *= counts[best] / sum(counts.values())
+                break
+        else:
+            break
+        if score < min_score:
+            break
+        out.append(best)
+        tail = tail[1:] + [best] if len(tail) >= index.max_n else tail + [best]
+    return out
+
+
+def _continuations(index: SuffixIndex, tail: list[int]) -> dict[int, float]:
+    """Next-token frequencies after the longest suffix of `tail` seen before."""
+    for n in range(min(index.max_n, len(tail)), index.min_n - 1, -1):
+        counts = index.continuations(tail, n)
+        if counts:
+            total = sum(counts.values())
+            return {t: c / total for t, c in counts.items()}
+    return {}
+
+
+def _tree(index: SuffixIndex, tail: list[int], nodes: int) -> set[tuple[int, ...]]:
+    """Up to `nodes` draft paths (each a node of the tree), best first by the product of frequencies."""
+    tree: set[tuple[int, ...]] = set()
+    frontier = [(-1.0, ())]
+    while frontier and len(tree) < nodes:
+        neg, path = heapq.heappop(frontier)
+        if path:
+            tree.add(path)
+        ctx = (tail + list(path))[-index.max_n:]
+        for token, freq in _continuations(index, ctx).items():
+            heapq.heappush(frontier, (neg * freq, path + (token,)))
+    return tree
+
+
+def _oracle_accepts(index: SuffixIndex, tail: list[int], future: list[int]) -> int:
+    """Future tokens a drafter with every seen continuation at hand gets accepted."""
+    accepted = 0
+    for token in future:
+        if not any(token in (index.continuations(tail, n) or ())
+                   for n in range(index.min_n, min(index.max_n, len(tail)) + 1)):
+            break
+        accepted += 1
+        tail = tail[1:] + [token] if len(tail) >= index.max_n else tail + [token]
+    return accepted
+
+
+def replay(family: Family, policy: str, k: int = 0, min_n: int = 1, max_n: int = 8,
+           min_score: float = 0.1) -> Replay:
+    """Steps (and verified tokens) for the family's samples to be emitted under `policy` ("plain",
+    "chain" with k drafts, "tree" with k nodes, or "oracle"); samples step in lock-step, each emitting its accepted drafts
+    plus one token per step."""
+    index = SuffixIndex(min_n, max_n)
+    index.add(family.prompt, 0)
+    streams = [family.prompt + s for s in family.samples]
+    pos = [0] * len(family.samples)
+    fed = [0] * len(family.samples)
+    shapes: list[tuple[int, int]] = []
+    plen = len(family.prompt)
+    while any(p < len(s) for p, s in zip(pos, family.samples, strict=True)):
+        for i, s in enumerate(streams):  # every sibling's emitted tokens join the family index
+            if pos[i] > fed[i]:
+                index.add(s, plen + fed[i], plen + pos[i])
+                fed[i] = pos[i]
+        active = verified = 0
+        for i, sample in enumerate(family.samples):
+            if pos[i] >= len(sample):
+                continue
+            active += 1
+            tail = streams[i][max(0, plen + pos[i] - max_n):plen + pos[i]]
+            future = sample[pos[i]:]
+            if policy == "plain":
+                accepted, drafted = 0, 0
+            elif policy == "chain":
+                drafts = _chain(index, tail, k, min_score)
+                accepted = 0
+                while accepted < min(len(drafts), len(future)) and drafts[accepted] == future[accepted]:
+                    accepted += 1
+                drafted = len(drafts)
+            elif policy == "tree":
+                tree = _tree(index, tail, k)
+                accepted = 0
+                while accepted < len(future) and tuple(future[:accepted + 1]) in tree:
+                    accepted += 1
+                drafted = len(tree)
+            elif policy == "oracle":
+                accepted = _oracle_accepts(index, tail, future)
+                drafted = accepted
+            else:
+                raise ValueError(f"unknown policy {policy!r}; use plain, chain, tree or oracle")
+            verified += 1 + drafted
+            pos[i] = min(len(sample), pos[i] + accepted + 1)
+        shapes.append((active, verified))
+    return Replay(shapes)
+
+
+# ---- the cost side -----------------------------------------------------------------------------
+def step_cost_curve(engine, prompt: list[int], sizes, progress: bool, steps: int = 12, passes: int = 2) -> dict[int, float]:
+    """Seconds of a plain decode step of m single-token requests, for each m in `sizes`: the median
+    over `steps` timed steps, the fastest of `passes` passes that each go through every size in turn
+    (so drift on a shared machine hits all sizes alike)."""
+    import time
+
+    from tqdm import tqdm
+
+    from engine.sampling_params import SamplingParams
+
+    sizes = list(sizes)
+    params = SamplingParams(temperature=0.0, max_tokens=steps + 8, min_tokens=steps + 8, ignore_eos=True)
+    best: dict[int, float] = {}
+    with tqdm(total=passes * len(sizes), desc="step cost", unit="size", disable=not progress, file=sys.stderr) as bar:
+        for p in range(passes):
+            for m in sizes:
+                ids = [f"cost-{p}-{m}-{i}" for i in range(m)]
+                for rid in ids:
+                    engine.add_request(rid, prompt, params)
+                while engine.stats().num_waiting or _prefilling(engine):
+                    engine.step()
+                engine.step()
+                times = []
+                for _ in range(steps):
+                    start = time.perf_counter()
+                    engine.step()
+                    times.append(time.perf_counter() - start)
+                for rid in ids:
+                    engine.abort_request(rid)
+                best[m] = min(best.get(m, float("inf")), statistics.median(times))
+                bar.update(1)
+    return best
+
+
+def _prefilling(engine) -> bool:
+    return any(req.num_computed_tokens < req.num_prompt_tokens for req in engine.scheduler.running)
+
+
+def gemm_cost_curve(model, sizes, progress: bool, calls: int = 5, passes: int = 2) -> dict[int, float]:
+    """Seconds of one pass of M rows through every packed projection of `model` and its logits
+    projection, for each M in `sizes`: median of `calls` passes, fastest over `passes` sweeps."""
+    import time
+
+    import torch
+    from tqdm import tqdm
+
+    linears = [getattr(part, name) for layer in model.layers
+               for part, name in ((layer.self_attn, "qkv_proj"), (layer.self_attn, "o_proj"),
+                                  (layer.mlp, "gate_up_proj"), (layer.mlp, "down_proj"))] + [model.logits_proj]
+    dtype = model.embed_tokens.weight.dtype
+    sizes = list(sizes)
+    best: dict[int, float] = {}
+    with tqdm(total=passes * len(sizes), desc="GEMM cost", unit="size", disable=not progress, file=sys.stderr) as bar, \
+            torch.inference_mode():
+        for _ in range(passes):
+            for m in sizes:
+                xs = {lin.in_features: torch.randn(m, lin.in_features, dtype=dtype) for lin in linears}
+                times = []
+                for _ in range(calls):
+                    start = time.perf_counter()
+                    for lin in linears:
+                        lin(xs[lin.in_features])
+                    times.append(time.perf_counter() - start)
+                best[m] = min(best.get(m, float("inf")), statistics.median(times))
+                bar.update(1)
+    return best
+
+
+# ---- the run -----------------------------------------------------------------------------------
+def _engine(model: str, plugins: tuple):
+    from benchmarks.spec import _engine as build
+
+    return build(model, plugins)
+
+
+def _sample(engine, prompts: list[list[int]], params, options, progress: bool, desc: str) -> list[Family]:
+    from tqdm import tqdm
+
+    families = []
+    for prompt in tqdm(prompts, desc=desc, unit="family", disable=not progress, file=sys.stderr):
+        out = engine.generate([prompt], params)[0] if options is None else _generate_with(engine, prompt, params, options)
+        families.append(Family(prompt, [list(o.token_ids) for o in out.outputs]))
+    return families
+
+
+def _generate_with(engine, prompt: list[int], params, options):
+    rid = f"bound-{id(prompt)}"
+    engine.add_request(rid, prompt, params, plugin_options=options)
+    result = None
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished and out.request_id == rid:
+                result = out
+    return result
+
+
+def run(args) -> int:
+    ks = sorted({int(k) for k in args.ks.split(",") if k.strip()})
+    trees = sorted({int(k) for k in args.tree_nodes.split(",") if k.strip()})
+    if not ks or ks[0] < 1 or (trees and trees[0] < 1):
+        raise ValueError(f"--ks and --tree-nodes must list sizes >= 1, got {args.ks!r}, {args.tree_nodes!r}")
+    if not 1 <= args.prompts <= len(BEST_OF_PROMPTS):
+        raise ValueError(f"--prompts must be in [1, {len(BEST_OF_PROMPTS)}], got {args.prompts}")
+    if args.cost_sweeps < 1:
+        raise ValueError(f"--cost-sweeps must be >= 1, got {args.cost_sweeps}")
+    if args.n < 2:
+        raise ValueError(f"--n must be >= 2 (siblings to share), got {args.n}")
+    from engine.sampling_params import SamplingParams
+
+    params = SamplingParams(n=args.n, temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
+    plain = _engine(args.model, ())
+    prompts = [plain.tokenizer.tokenize_chat([{"role": "user", "content": t}]) for t in BEST_OF_PROMPTS[:args.prompts]]
+    families = _sample(plain, prompts, params, None, args.progress, "sample")
+    # the replay's premise: lossless speculation emits the plain run's tokens
+    spec = _engine(args.model, (("spec_decode", {"proposer": "suffix", "k": max(ks), "adaptive_k": False,
+                                                 "min_gain": 0.0}),))
+    checked = _sample(spec, prompts[:1], params, {"spec_decode": {"proposer": "suffix"}}, False, "check")[0]
+    plugin_metrics = spec.plugins[0].metrics
+    premise = {"family": 0, "samples_identical": checked.samples == families[0].samples,
+               "accepted_tokens": plugin_metrics.accepted_tokens}
+
+    spec.close()
+    del spec  # the cost curves are timed with the plain engine alone in memory
+    policies = {"plain": ("plain", 0)} | {f"chain_k{k}": ("chain", k) for k in ks} \
+        | {f"tree_{n}": ("tree", n) for n in trees} | {"oracle": ("oracle", 0)}
+    per_family: dict[str, list[Replay]] = {name: [] for name in policies}
+    for fam in families:
+        for name, (policy, k) in policies.items():
+            per_family[name].append(replay(fam, policy, k, args.min_n, args.max_n, args.min_score))
+    plain_steps = sum(r.steps for r in per_family["plain"])
+    rows = {}
+    for name, reps in per_family.items():
+        steps = sum(r.steps for r in reps)
+        rows[name] = {"steps": steps, "steps_ratio": plain_steps / steps,
+                      "verified_per_step": sum(r.verified for r in reps) / steps,
+                      "steps_ratio_per_family": [p.steps / r.steps for p, r in zip(per_family["plain"], reps, strict=True)]}
+    # the two curves are measured in alternating sweeps and each point keeps its fastest sweep: this
+    # VM's speed drifts by a third within minutes, and the bound divides one curve by the other
+    top = max(m for reps in per_family.values() for r in reps for _, m in r.shapes)
+    step: dict[int, float] = {}
+    gemm: dict[int, float] = {}
+    for _ in range(args.cost_sweeps):
+        for curve, new in ((step, step_cost_curve(plain, prompts[0], range(1, args.n + 1), args.progress, passes=1)),
+                           (gemm, gemm_cost_curve(plain.runner.model, range(1, top + 1), args.progress, passes=1))):
+            for m, t in new.items():
+                curve[m] = min(curve.get(m, t), t)
+
+    def seconds(reps: list[Replay]) -> float:
+        return sum(step[b] + gemm[m] - gemm[b] for r in reps for b, m in r.shapes)
+
+    plain_seconds = seconds(per_family["plain"])
+    for name, row in rows.items():
+        row["speedup_bound"] = plain_seconds / seconds(per_family[name])
+    result = {"machine": report.machine_info(), "model": plain.model_name,
+              "workload": {"prompts": args.prompts, "n": args.n, "temperature": args.temperature,
+                           "max_tokens": args.max_tokens, "seed": args.seed,
+                           "output_tokens": sum(len(s) for f in families for s in f.samples)},
+              "suffix": {"min_n": args.min_n, "max_n": args.max_n, "min_score": args.min_score},
+              "premise": premise, "policies": rows,
+              "cost_sweeps": args.cost_sweeps,
+              "decode_step_ms": {str(b): 1000 * t for b, t in step.items()},
+              "gemm_pass_ms": {str(m): 1000 * t for m, t in gemm.items()}}
+    for name, row in rows.items():
+        spread = row["steps_ratio_per_family"]
+        print(f"{name:10s} steps {row['steps']:6d}  steps_ratio {row['steps_ratio']:.3f} "
+              f"(families {min(spread):.2f}-{max(spread):.2f}, median {statistics.median(spread):.2f})  "
+              f"verified/step {row['verified_per_step']:.2f}  speedup_bound {row['speedup_bound']:.3f}", flush=True)
+    print(f"premise: speculative samples identical to plain: {premise['samples_identical']}", flush=True)
+    out = report.write_json(result, args.json, "spec-bound.json")
+    report.bar_plot({name.replace("_", " "): {"steps ratio (free verification)": row["steps_ratio"],
+                                              "speed-up bound (measured step cost)": row["speedup_bound"]}
+                     for name, row in rows.items()},
+                    f"best-of-{args.n}, T={args.temperature}, {args.prompts} prompts: what drafting from sibling "
+                    f"samples can gain\n{result['model']} on {result['machine']['cpu'][:48]}",
+                    "plain steps (time) / policy's", out.with_suffix(".png"), fmt="%.2f")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0 if premise["samples_identical"] else 1

@@ -1,0 +1,51 @@
+"""`tessera bench spec-bound`: the offline replay of drafting policies over recorded best-of-N samples
+(steps counted by hand on a family that repeats its prompt), and the command's JSON on synthetic:tiny."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.spec_bound import Family, replay
+from server.cli import main
+
+# two samples that both copy the prompt's first five tokens; the prompt ends in a token (1) seen
+# nowhere before, so the first step has nothing to draft from
+FAMILY = Family(prompt=[5, 6, 7, 8, 9, 1], samples=[[5, 6, 7, 8, 9], [5, 6, 7, 8, 9]])
+
+
+def test_replay_counts_lock_step_steps_and_verified_tokens():
+    plain = replay(FAMILY, "plain")
+    assert plain.shapes == [(2, 2)] * 5
+    # step 1: no draft, both emit 5; step 2: the tail "1 5" matches "5" in the prompt, so the chain
+    # drafts 6 7 8 9 1 5 6 7 (the prompt, then "1 5" as the siblings wrote it): 4 accepted + 1 each
+    long = replay(FAMILY, "chain", k=8)
+    assert long.shapes == [(2, 2), (2, 18)]
+    # one draft a step: 5 | 6 accepted + 7 | 8 accepted + 9
+    assert replay(FAMILY, "chain", k=1).steps == 3
+    assert replay(FAMILY, "tree", k=1).steps == 3  # a one-node tree is a one-token chain
+    oracle = replay(FAMILY, "oracle")
+    assert oracle.steps == 2 and oracle.shapes[1] == (2, 10)  # only the accepted path is verified
+
+
+def test_replay_rejects_an_unknown_policy():
+    with pytest.raises(ValueError, match="unknown policy"):
+        replay(FAMILY, "beam")
+
+
+def test_spec_bound_command_writes_json_and_png(tmp_path):
+    out = tmp_path / "bound.json"
+    rc = main(["bench", "spec-bound", "--model", "synthetic:tiny", "--prompts", "2", "--max-tokens", "12",
+               "--ks", "1,3", "--tree-nodes", "2", "--no-progress", "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["premise"]["samples_identical"] is True
+    pol = data["policies"]
+    assert set(pol) == {"plain", "chain_k1", "chain_k3", "tree_2", "oracle"}
+    assert pol["plain"]["steps_ratio"] == 1.0 and abs(pol["plain"]["speedup_bound"] - 1.0) < 1e-12
+    for row in pol.values():
+        assert row["steps"] <= pol["plain"]["steps"] and row["steps"] >= pol["oracle"]["steps"]
+        assert len(row["steps_ratio_per_family"]) == 2 and row["speedup_bound"] > 0
+    assert set(data["decode_step_ms"]) == {"1", "2", "3", "4"}
+    assert out.with_suffix(".png").stat().st_size > 0
