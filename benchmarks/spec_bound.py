@@ -7,8 +7,9 @@ speculation with that seed emits exactly these tokens (the run checks this on on
 the number of steps any drafting policy would take can be replayed offline, without timing noise. The
 four samples advance in lock-step: a family takes as many steps as its slowest sample.
 
-Policies replayed, each over suffix statistics of the prompt and the tokens every sibling has emitted
-so far (the `suffix` proposer's family index):
+Policies replayed, each over the `suffix` proposer's statistics: its family index (the prompt and the
+tokens every sibling has emitted so far) and its window of recent requests (the earlier families'
+samples, weighted by --recent-weight):
 - chain_k: up to k drafts, each the most frequent continuation of the longest matching suffix, stopping
   when the product of continuation frequencies falls below --min-score (the proposer's walk);
 - tree_N: a tree of up to N draft tokens per sample, grown best first by the product of continuation
@@ -36,6 +37,7 @@ from __future__ import annotations
 import heapq
 import statistics
 import sys
+from collections import deque
 from dataclasses import dataclass
 
 from benchmarks import report
@@ -56,6 +58,8 @@ def register(subparsers) -> None:
     p.add_argument("--min-n", type=int, default=1)
     p.add_argument("--max-n", type=int, default=8)
     p.add_argument("--min-score", type=float, default=0.1)
+    p.add_argument("--recent-weight", type=float, default=0.5, help="the proposer's global_weight")
+    p.add_argument("--max-recent", type=int, default=64, help="the proposer's window of recent requests")
     p.add_argument("--cost-sweeps", type=int, default=3, help="alternating sweeps over both cost curves")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="output JSON (PNG next to it); default benchmarks/results/")
@@ -82,36 +86,63 @@ class Replay:
         return sum(m for _, m in self.shapes)
 
 
-def _chain(index: SuffixIndex, tail: list[int], k: int, min_score: float) -> list[int]:
+@dataclass
+class Statistics:
+    """What the `suffix` proposer drafts from: the family's index (prompt and every sibling's tokens so
+    far) and the window of recent finished requests, whose counts weigh `recent_weight` as much."""
+
+    family: SuffixIndex
+    recent: SuffixIndex | None = None
+    recent_weight: float = 0.5
+
+    def next_tokens(self, tail: list[int]) -> dict[int, float]:
+        """Next-token frequencies after the longest suffix of `tail` either index has seen (the
+        proposer's rule), normalized."""
+        fam = self.family
+        for n in range(min(fam.max_n, len(tail)), fam.min_n - 1, -1):
+            mine = fam.continuations(tail, n)
+            theirs = self.recent.continuations(tail, n) if self.recent is not None and self.recent_weight > 0 else None
+            if not mine and not theirs:
+                continue
+            scores: dict[int, float] = dict(mine) if mine else {}
+            for t, c in (theirs or {}).items():
+                scores[t] = scores.get(t, 0.0) + self.recent_weight * c
+            total = sum(scores.values())
+            return {t: c / total for t, c in scores.items()}
+        return {}
+
+    def ever_followed(self, tail: list[int], token: int) -> bool:
+        """Whether `token` followed any suffix of `tail` (any length) in either index."""
+        fam = self.family
+        indexes = (fam, self.recent) if self.recent is not None and self.recent_weight > 0 else (fam,)
+        for n in range(fam.min_n, min(fam.max_n, len(tail)) + 1):
+            for index in indexes:
+                if token in (index.continuations(tail, n) or ()):
+                    return True
+        return False
+
+
+def _push(tail: list[int], token: int, max_n: int) -> list[int]:
+    return (tail + [token])[-max_n:]
+
+
+def _chain(stats: Statistics, tail: list[int], k: int, min_score: float) -> list[int]:
     out: list[int] = []
     score = 1.0
     while len(out) < k:
-        for n in range(min(index.max_n, len(tail)), index.min_n - 1, -1):
-            counts = index.continuations(tail, n)
-            if counts:
-                best = max(counts, key=counts.__getitem__)
-                score *= counts[best] / sum(counts.values())
-                break
-        else:
+        dist = stats.next_tokens(tail)
+        if not dist:
             break
+        best = max(dist, key=dist.__getitem__)
+        score *= dist[best]
         if score < min_score:
             break
         out.append(best)
-        tail = tail[1:] + [best] if len(tail) >= index.max_n else tail + [best]
+        tail = _push(tail, best, stats.family.max_n)
     return out
 
 
-def _continuations(index: SuffixIndex, tail: list[int]) -> dict[int, float]:
-    """Next-token frequencies after the longest suffix of `tail` seen before."""
-    for n in range(min(index.max_n, len(tail)), index.min_n - 1, -1):
-        counts = index.continuations(tail, n)
-        if counts:
-            total = sum(counts.values())
-            return {t: c / total for t, c in counts.items()}
-    return {}
-
-
-def _tree(index: SuffixIndex, tail: list[int], nodes: int) -> set[tuple[int, ...]]:
+def _tree(stats: Statistics, tail: list[int], nodes: int) -> set[tuple[int, ...]]:
     """Up to `nodes` draft paths (each a node of the tree), best first by the product of frequencies."""
     tree: set[tuple[int, ...]] = set()
     frontier = [(-1.0, ())]
@@ -119,31 +150,31 @@ def _tree(index: SuffixIndex, tail: list[int], nodes: int) -> set[tuple[int, ...
         neg, path = heapq.heappop(frontier)
         if path:
             tree.add(path)
-        ctx = (tail + list(path))[-index.max_n:]
-        for token, freq in _continuations(index, ctx).items():
+        ctx = (tail + list(path))[-stats.family.max_n:]
+        for token, freq in stats.next_tokens(ctx).items():
             heapq.heappush(frontier, (neg * freq, path + (token,)))
     return tree
 
 
-def _oracle_accepts(index: SuffixIndex, tail: list[int], future: list[int]) -> int:
+def _oracle_accepts(stats: Statistics, tail: list[int], future: list[int]) -> int:
     """Future tokens a drafter with every seen continuation at hand gets accepted."""
     accepted = 0
     for token in future:
-        if not any(token in (index.continuations(tail, n) or ())
-                   for n in range(index.min_n, min(index.max_n, len(tail)) + 1)):
+        if not stats.ever_followed(tail, token):
             break
         accepted += 1
-        tail = tail[1:] + [token] if len(tail) >= index.max_n else tail + [token]
+        tail = _push(tail, token, stats.family.max_n)
     return accepted
 
 
 def replay(family: Family, policy: str, k: int = 0, min_n: int = 1, max_n: int = 8,
-           min_score: float = 0.1) -> Replay:
+           min_score: float = 0.1, recent: SuffixIndex | None = None, recent_weight: float = 0.5) -> Replay:
     """Steps (and verified tokens) for the family's samples to be emitted under `policy` ("plain",
-    "chain" with k drafts, "tree" with k nodes, or "oracle"); samples step in lock-step, each emitting its accepted drafts
-    plus one token per step."""
+    "chain" with k drafts, "tree" with k nodes, or "oracle"); samples step in lock-step, each
+    emitting its accepted drafts plus one token per step. `recent`: the proposer's window of earlier requests, read only."""
     index = SuffixIndex(min_n, max_n)
     index.add(family.prompt, 0)
+    stats = Statistics(index, recent, recent_weight)
     streams = [family.prompt + s for s in family.samples]
     pos = [0] * len(family.samples)
     fed = [0] * len(family.samples)
@@ -164,19 +195,19 @@ def replay(family: Family, policy: str, k: int = 0, min_n: int = 1, max_n: int =
             if policy == "plain":
                 accepted, drafted = 0, 0
             elif policy == "chain":
-                drafts = _chain(index, tail, k, min_score)
+                drafts = _chain(stats, tail, k, min_score)
                 accepted = 0
                 while accepted < min(len(drafts), len(future)) and drafts[accepted] == future[accepted]:
                     accepted += 1
                 drafted = len(drafts)
             elif policy == "tree":
-                tree = _tree(index, tail, k)
+                tree = _tree(stats, tail, k)
                 accepted = 0
                 while accepted < len(future) and tuple(future[:accepted + 1]) in tree:
                     accepted += 1
                 drafted = len(tree)
             elif policy == "oracle":
-                accepted = _oracle_accepts(index, tail, future)
+                accepted = _oracle_accepts(stats, tail, future)
                 drafted = accepted
             else:
                 raise ValueError(f"unknown policy {policy!r}; use plain, chain, tree or oracle")
@@ -313,9 +344,19 @@ def run(args) -> int:
     policies = {"plain": ("plain", 0)} | {f"chain_k{k}": ("chain", k) for k in ks} \
         | {f"tree_{n}": ("tree", n) for n in trees} | {"oracle": ("oracle", 0)}
     per_family: dict[str, list[Replay]] = {name: [] for name in policies}
+    # families run one after another, as in `tessera bench spec`: each is drafted with the earlier
+    # ones' finished samples in the proposer's recent window
+    recent = SuffixIndex(args.min_n, args.max_n)
+    window: deque[list[int]] = deque()
     for fam in families:
         for name, (policy, k) in policies.items():
-            per_family[name].append(replay(fam, policy, k, args.min_n, args.max_n, args.min_score))
+            per_family[name].append(replay(fam, policy, k, args.min_n, args.max_n, args.min_score,
+                                          recent, args.recent_weight))
+        for sample in fam.samples:
+            window.append(fam.prompt + sample)
+            recent.add(window[-1], 0)
+        while len(window) > args.max_recent:
+            recent.remove(window.popleft())
     plain_steps = sum(r.steps for r in per_family["plain"])
     rows = {}
     for name, reps in per_family.items():
@@ -344,7 +385,8 @@ def run(args) -> int:
               "workload": {"prompts": args.prompts, "n": args.n, "temperature": args.temperature,
                            "max_tokens": args.max_tokens, "seed": args.seed,
                            "output_tokens": sum(len(s) for f in families for s in f.samples)},
-              "suffix": {"min_n": args.min_n, "max_n": args.max_n, "min_score": args.min_score},
+              "suffix": {"min_n": args.min_n, "max_n": args.max_n, "min_score": args.min_score,
+                         "recent_weight": args.recent_weight, "max_recent": args.max_recent},
               "premise": premise, "policies": rows,
               "cost_sweeps": args.cost_sweeps,
               "decode_step_ms": {str(b): 1000 * t for b, t in step.items()},
