@@ -314,11 +314,20 @@ def _generate_with(engine, prompt: list[int], params, options):
     return result
 
 
+def _sizes(flag: str, text: str) -> list[int]:
+    try:
+        sizes = sorted({int(k) for k in text.split(",") if k.strip()})
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if sizes and sizes[0] < 1:
+        raise ValueError(f"{flag} sizes must be >= 1, got {text!r}")
+    return sizes
+
+
 def run(args) -> int:
-    ks = sorted({int(k) for k in args.ks.split(",") if k.strip()})
-    trees = sorted({int(k) for k in args.tree_nodes.split(",") if k.strip()})
-    if not ks or ks[0] < 1 or (trees and trees[0] < 1):
-        raise ValueError(f"--ks and --tree-nodes must list sizes >= 1, got {args.ks!r}, {args.tree_nodes!r}")
+    ks, trees = _sizes("--ks", args.ks), _sizes("--tree-nodes", args.tree_nodes)
+    if not ks:
+        raise ValueError("--ks must name at least one chain length")
     if not 1 <= args.prompts <= len(BEST_OF_PROMPTS):
         raise ValueError(f"--prompts must be in [1, {len(BEST_OF_PROMPTS)}], got {args.prompts}")
     if args.cost_sweeps < 1:

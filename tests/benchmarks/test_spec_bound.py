@@ -48,6 +48,15 @@ def test_replay_rejects_an_unknown_policy():
         replay(FAMILY, "beam")
 
 
+@pytest.mark.parametrize("flags, message", [(["--ks", "0"], "--ks sizes must be >= 1"),
+                                            (["--tree-nodes", "4,x"], "--tree-nodes must be comma-separated"),
+                                            (["--prompts", "99"], "--prompts must be in"),
+                                            (["--n", "1"], "--n must be >= 2")])
+def test_spec_bound_command_rejects_bad_flags_before_loading_a_model(flags, message, capsys):
+    assert main(["bench", "spec-bound", "--model", "synthetic:tiny", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_spec_bound_command_writes_json_and_png(tmp_path):
     out = tmp_path / "bound.json"
     rc = main(["bench", "spec-bound", "--model", "synthetic:tiny", "--prompts", "2", "--max-tokens", "12",
