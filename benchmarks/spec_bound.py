@@ -1,5 +1,5 @@
 """`tessera bench spec-bound`: how many decode steps sibling-sharing speculation can save on the
-best-of-4 workload at all, whatever its drafts cost.
+best-of-4 workload at all, and the most speed-up that allows on this machine.
 
 The plain engine samples every best-of-4 family once (n = 4, temperature 0.6, a fixed seed). Lossless
 speculation with that seed emits exactly these tokens (the run checks this on one family with the
@@ -171,7 +171,8 @@ def replay(family: Family, policy: str, k: int = 0, min_n: int = 1, max_n: int =
            min_score: float = 0.1, recent: SuffixIndex | None = None, recent_weight: float = 0.5) -> Replay:
     """Steps (and verified tokens) for the family's samples to be emitted under `policy` ("plain",
     "chain" with k drafts, "tree" with k nodes, or "oracle"); samples step in lock-step, each
-    emitting its accepted drafts plus one token per step. `recent`: the proposer's window of earlier requests, read only."""
+    emitting its accepted drafts plus one token per step. `recent`: the proposer's window of earlier
+    requests, read only."""
     index = SuffixIndex(min_n, max_n)
     index.add(family.prompt, 0)
     stats = Statistics(index, recent, recent_weight)
@@ -218,10 +219,12 @@ def replay(family: Family, policy: str, k: int = 0, min_n: int = 1, max_n: int =
 
 
 # ---- the cost side -----------------------------------------------------------------------------
-def step_cost_curve(engine, prompt: list[int], sizes, progress: bool, steps: int = 12, passes: int = 2) -> dict[int, float]:
-    """Seconds of a plain decode step of m single-token requests, for each m in `sizes`: the median
-    over `steps` timed steps, the fastest of `passes` passes that each go through every size in turn
-    (so drift on a shared machine hits all sizes alike)."""
+def step_cost_curve(engine, prompt: list[int], sizes, progress: bool, steps: int = 12, passes: int = 2,
+                    context: int = 0) -> dict[int, float]:
+    """Seconds of a plain decode step of m single-token requests, for each m in `sizes`, once each has
+    decoded `context` tokens past the prompt (attention grows with the context): the median over
+    `steps` timed steps, the fastest of `passes` passes that each go through every size in turn (so
+    drift on a shared machine hits all sizes alike)."""
     import time
 
     from tqdm import tqdm
@@ -229,7 +232,8 @@ def step_cost_curve(engine, prompt: list[int], sizes, progress: bool, steps: int
     from engine.sampling_params import SamplingParams
 
     sizes = list(sizes)
-    params = SamplingParams(temperature=0.0, max_tokens=steps + 8, min_tokens=steps + 8, ignore_eos=True)
+    total = context + steps + 8
+    params = SamplingParams(temperature=0.0, max_tokens=total, min_tokens=total, ignore_eos=True)
     best: dict[int, float] = {}
     with tqdm(total=passes * len(sizes), desc="step cost", unit="size", disable=not progress, file=sys.stderr) as bar:
         for p in range(passes):
@@ -239,7 +243,8 @@ def step_cost_curve(engine, prompt: list[int], sizes, progress: bool, steps: int
                     engine.add_request(rid, prompt, params)
                 while engine.stats().num_waiting or _prefilling(engine):
                     engine.step()
-                engine.step()
+                for _ in range(1 + context):
+                    engine.step()
                 times = []
                 for _ in range(steps):
                     start = time.perf_counter()
@@ -379,7 +384,9 @@ def run(args) -> int:
     step: dict[int, float] = {}
     gemm: dict[int, float] = {}
     for _ in range(args.cost_sweeps):
-        for curve, new in ((step, step_cost_curve(plain, prompts[0], range(1, args.n + 1), args.progress, passes=1)),
+        # plain steps timed halfway through a sample, the workload's mean context
+        for curve, new in ((step, step_cost_curve(plain, prompts[0], range(1, args.n + 1), args.progress, passes=1,
+                                                   context=args.max_tokens // 2)),
                            (gemm, gemm_cost_curve(plain.runner.model, range(1, top + 1), args.progress, passes=1))):
             for m, t in new.items():
                 curve[m] = min(curve.get(m, t), t)
