@@ -26,7 +26,8 @@ accepted path, which no real tree achieves).
 
 The cost side, measured in the same run, turns the steps into a bound on the speed-up on this machine:
 T(b), the time of a plain decode step of b requests (the engine's own steps), and G(M), the time of
-the model's linear layers on M rows (one pass through every packed projection and the logits). A step
+one pass of M rows through every weight matrix with the engine's linear kernel (the throughput
+benchmark's matmul ceiling at batch M, its fastest pass). A step
 that verifies M tokens for b requests costs at least T(b) + G(M) - G(b): everything a plain step does
 plus the extra GEMM rows, and nothing for drafting or verifying. `speedup_bound` = sum of T(b) over
 the plain steps / sum of that over the policy's steps (step by step, from the replay): no
@@ -34,13 +35,12 @@ implementation of the policy is faster here. JSON + PNG."""
 
 from __future__ import annotations
 
-import heapq
 import statistics
 import sys
 from collections import deque
-from dataclasses import dataclass
 
 from benchmarks import report
+from benchmarks.draft_replay import Family, Replay, replay
 from benchmarks.spec_prompts import BEST_OF_PROMPTS
 from plugins.spec_decode.suffix_index import SuffixIndex
 
@@ -65,157 +65,6 @@ def register(subparsers) -> None:
     p.add_argument("--json", default=None, help="output JSON (PNG next to it); default benchmarks/results/")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=run)
-
-
-@dataclass(frozen=True)
-class Family:
-    prompt: list[int]
-    samples: list[list[int]]
-
-
-@dataclass(frozen=True)
-class Replay:
-    shapes: list[tuple[int, int]]  # per step: (active samples b, tokens verified M >= b)
-
-    @property
-    def steps(self) -> int:
-        return len(self.shapes)
-
-    @property
-    def verified(self) -> int:
-        return sum(m for _, m in self.shapes)
-
-
-@dataclass
-class Statistics:
-    """What the `suffix` proposer drafts from: the family's index (prompt and every sibling's tokens so
-    far) and the window of recent finished requests, whose counts weigh `recent_weight` as much."""
-
-    family: SuffixIndex
-    recent: SuffixIndex | None = None
-    recent_weight: float = 0.5
-
-    def next_tokens(self, tail: list[int]) -> dict[int, float]:
-        """Next-token frequencies after the longest suffix of `tail` either index has seen (the
-        proposer's rule), normalized."""
-        fam = self.family
-        for n in range(min(fam.max_n, len(tail)), fam.min_n - 1, -1):
-            mine = fam.continuations(tail, n)
-            theirs = self.recent.continuations(tail, n) if self.recent is not None and self.recent_weight > 0 else None
-            if not mine and not theirs:
-                continue
-            scores: dict[int, float] = dict(mine) if mine else {}
-            for t, c in (theirs or {}).items():
-                scores[t] = scores.get(t, 0.0) + self.recent_weight * c
-            total = sum(scores.values())
-            return {t: c / total for t, c in scores.items()}
-        return {}
-
-    def ever_followed(self, tail: list[int], token: int) -> bool:
-        """Whether `token` followed any suffix of `tail` (any length) in either index."""
-        fam = self.family
-        indexes = (fam, self.recent) if self.recent is not None and self.recent_weight > 0 else (fam,)
-        for n in range(fam.min_n, min(fam.max_n, len(tail)) + 1):
-            for index in indexes:
-                if token in (index.continuations(tail, n) or ()):
-                    return True
-        return False
-
-
-def _push(tail: list[int], token: int, max_n: int) -> list[int]:
-    return (tail + [token])[-max_n:]
-
-
-def _chain(stats: Statistics, tail: list[int], k: int, min_score: float) -> list[int]:
-    out: list[int] = []
-    score = 1.0
-    while len(out) < k:
-        dist = stats.next_tokens(tail)
-        if not dist:
-            break
-        best = max(dist, key=dist.__getitem__)
-        score *= dist[best]
-        if score < min_score:
-            break
-        out.append(best)
-        tail = _push(tail, best, stats.family.max_n)
-    return out
-
-
-def _tree(stats: Statistics, tail: list[int], nodes: int) -> set[tuple[int, ...]]:
-    """Up to `nodes` draft paths (each a node of the tree), best first by the product of frequencies."""
-    tree: set[tuple[int, ...]] = set()
-    frontier = [(-1.0, ())]
-    while frontier and len(tree) < nodes:
-        neg, path = heapq.heappop(frontier)
-        if path:
-            tree.add(path)
-        ctx = (tail + list(path))[-stats.family.max_n:]
-        for token, freq in stats.next_tokens(ctx).items():
-            heapq.heappush(frontier, (neg * freq, path + (token,)))
-    return tree
-
-
-def _oracle_accepts(stats: Statistics, tail: list[int], future: list[int]) -> int:
-    """Future tokens a drafter with every seen continuation at hand gets accepted."""
-    accepted = 0
-    for token in future:
-        if not stats.ever_followed(tail, token):
-            break
-        accepted += 1
-        tail = _push(tail, token, stats.family.max_n)
-    return accepted
-
-
-def replay(family: Family, policy: str, k: int = 0, min_n: int = 1, max_n: int = 8,
-           min_score: float = 0.1, recent: SuffixIndex | None = None, recent_weight: float = 0.5) -> Replay:
-    """Steps (and verified tokens) for the family's samples to be emitted under `policy` ("plain",
-    "chain" with k drafts, "tree" with k nodes, or "oracle"); samples step in lock-step, each
-    emitting its accepted drafts plus one token per step. `recent`: the proposer's window of earlier
-    requests, read only."""
-    index = SuffixIndex(min_n, max_n)
-    index.add(family.prompt, 0)
-    stats = Statistics(index, recent, recent_weight)
-    streams = [family.prompt + s for s in family.samples]
-    pos = [0] * len(family.samples)
-    fed = [0] * len(family.samples)
-    shapes: list[tuple[int, int]] = []
-    plen = len(family.prompt)
-    while any(p < len(s) for p, s in zip(pos, family.samples, strict=True)):
-        for i, s in enumerate(streams):  # every sibling's emitted tokens join the family index
-            if pos[i] > fed[i]:
-                index.add(s, plen + fed[i], plen + pos[i])
-                fed[i] = pos[i]
-        active = verified = 0
-        for i, sample in enumerate(family.samples):
-            if pos[i] >= len(sample):
-                continue
-            active += 1
-            tail = streams[i][max(0, plen + pos[i] - max_n):plen + pos[i]]
-            future = sample[pos[i]:]
-            if policy == "plain":
-                accepted, drafted = 0, 0
-            elif policy == "chain":
-                drafts = _chain(stats, tail, k, min_score)
-                accepted = 0
-                while accepted < min(len(drafts), len(future)) and drafts[accepted] == future[accepted]:
-                    accepted += 1
-                drafted = len(drafts)
-            elif policy == "tree":
-                tree = _tree(stats, tail, k)
-                accepted = 0
-                while accepted < len(future) and tuple(future[:accepted + 1]) in tree:
-                    accepted += 1
-                drafted = len(tree)
-            elif policy == "oracle":
-                accepted = _oracle_accepts(stats, tail, future)
-                drafted = accepted
-            else:
-                raise ValueError(f"unknown policy {policy!r}; use plain, chain, tree or oracle")
-            verified += 1 + drafted
-            pos[i] = min(len(sample), pos[i] + accepted + 1)
-        shapes.append((active, verified))
-    return Replay(shapes)
 
 
 # ---- the cost side -----------------------------------------------------------------------------
@@ -261,36 +110,6 @@ def _prefilling(engine) -> bool:
     return any(req.num_computed_tokens < req.num_prompt_tokens for req in engine.scheduler.running)
 
 
-def gemm_cost_curve(model, sizes, progress: bool, calls: int = 5, passes: int = 2) -> dict[int, float]:
-    """Seconds of one pass of M rows through every packed projection of `model` and its logits
-    projection, for each M in `sizes`: median of `calls` passes, fastest over `passes` sweeps."""
-    import time
-
-    import torch
-    from tqdm import tqdm
-
-    linears = [getattr(part, name) for layer in model.layers
-               for part, name in ((layer.self_attn, "qkv_proj"), (layer.self_attn, "o_proj"),
-                                  (layer.mlp, "gate_up_proj"), (layer.mlp, "down_proj"))] + [model.logits_proj]
-    dtype = model.embed_tokens.weight.dtype
-    sizes = list(sizes)
-    best: dict[int, float] = {}
-    with tqdm(total=passes * len(sizes), desc="GEMM cost", unit="size", disable=not progress, file=sys.stderr) as bar, \
-            torch.inference_mode():
-        for _ in range(passes):
-            for m in sizes:
-                xs = {lin.in_features: torch.randn(m, lin.in_features, dtype=dtype) for lin in linears}
-                times = []
-                for _ in range(calls):
-                    start = time.perf_counter()
-                    for lin in linears:
-                        lin(xs[lin.in_features])
-                    times.append(time.perf_counter() - start)
-                best[m] = min(best.get(m, float("inf")), statistics.median(times))
-                bar.update(1)
-    return best
-
-
 # ---- the run -----------------------------------------------------------------------------------
 def _engine(model: str, plugins: tuple):
     from benchmarks.spec import _engine as build
@@ -302,21 +121,16 @@ def _sample(engine, prompts: list[list[int]], params, options, progress: bool, d
     from tqdm import tqdm
 
     families = []
-    for prompt in tqdm(prompts, desc=desc, unit="family", disable=not progress, file=sys.stderr):
-        out = engine.generate([prompt], params)[0] if options is None else _generate_with(engine, prompt, params, options)
-        families.append(Family(prompt, [list(o.token_ids) for o in out.outputs]))
+    for n, prompt in enumerate(tqdm(prompts, desc=desc, unit="family", disable=not progress, file=sys.stderr)):
+        rid = f"{desc}-{n}"
+        engine.add_request(rid, prompt, params, plugin_options=options)
+        out = None
+        while engine.has_unfinished_requests():
+            for o in engine.step():
+                if o.finished and o.request_id == rid:
+                    out = o
+        families.append(Family(prompt, [list(c.token_ids) for c in out.outputs]))
     return families
-
-
-def _generate_with(engine, prompt: list[int], params, options):
-    rid = f"bound-{id(prompt)}"
-    engine.add_request(rid, prompt, params, plugin_options=options)
-    result = None
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            if out.finished and out.request_id == rid:
-                result = out
-    return result
 
 
 def _sizes(flag: str, text: str) -> list[int]:
@@ -339,6 +153,11 @@ def run(args) -> int:
         raise ValueError(f"--cost-sweeps must be >= 1, got {args.cost_sweeps}")
     if args.n < 2:
         raise ValueError(f"--n must be >= 2 (siblings to share), got {args.n}")
+    import torch
+    from tqdm import tqdm
+
+    from benchmarks.matmul_ceiling import engine_linears, linear_weights, matmul_ceiling
+    from engine.loader.model_registry import resolve_model
     from engine.sampling_params import SamplingParams
 
     params = SamplingParams(n=args.n, temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
@@ -383,13 +202,17 @@ def run(args) -> int:
     top = max(m for reps in per_family.values() for r in reps for _, m in r.shapes)
     step: dict[int, float] = {}
     gemm: dict[int, float] = {}
+    weights = linear_weights(resolve_model(args.model, progress=False), "float32", torch.device("cpu"))
+    linears = engine_linears(weights)
     for _ in range(args.cost_sweeps):
         # plain steps timed halfway through a sample, the workload's mean context
-        for curve, new in ((step, step_cost_curve(plain, prompts[0], range(1, args.n + 1), args.progress, passes=1,
-                                                   context=args.max_tokens // 2)),
-                           (gemm, gemm_cost_curve(plain.runner.model, range(1, top + 1), args.progress, passes=1))):
-            for m, t in new.items():
-                curve[m] = min(curve.get(m, t), t)
+        for b, t in step_cost_curve(plain, prompts[0], range(1, args.n + 1), args.progress, passes=1,
+                                    context=args.max_tokens // 2).items():
+            step[b] = min(step.get(b, t), t)
+        for m in tqdm(range(1, top + 1), desc="GEMM cost", unit="size", disable=not args.progress, file=sys.stderr):
+            t = matmul_ceiling(weights, m, min_time_s=0.0, linears=linears)["time_per_step_s"]
+            gemm[m] = min(gemm.get(m, t), t)
+    del weights, linears
 
     def seconds(reps: list[Replay]) -> float:
         return sum(step[b] + gemm[m] - gemm[b] for r in reps for b, m in r.shapes)
