@@ -8,7 +8,10 @@ prompts, so no prefix cache can help the timed run) are not. vLLM and HF run as 
 (benchmarks/matmul_ceiling.py): the time of one pass over every weight matrix of the model (lm_head
 included) on a [concurrency, hidden] input, with torch's F.linear and with the engine's linear kernel, the
 faster of the two being the ceiling: an upper bound on decode tokens/s that ignores attention and all
-other work; native is reported as a fraction of it.
+other work; native is reported as a fraction of it. After the native run, the engine's own matmuls are
+timed at the row counts of every step it executed (benchmarks/gemm_share.py): `native_gemm_s` is what
+the run would take if everything but the matmuls were free, and `native_gemm_share` its share of the
+elapsed time.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 from benchmarks import report
 from benchmarks.baselines import BASELINES_DIR, parse_result
+from benchmarks.gemm_share import StepRows, gemm_seconds
 from benchmarks.matmul_ceiling import add_ceilings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -178,10 +182,15 @@ def run_native(args, ctx: dict, prompts, warmup, concurrency: int) -> tuple[dict
         warmup_s = time.perf_counter() - t0
         params = SamplingParams(temperature=0.0, max_tokens=args.output_len, min_tokens=args.output_len,
                                 ignore_eos=True)
+        rows = StepRows()
+        rows.attach(eng.runner)
         t0 = time.perf_counter()
         tokens = drive(eng, prompts, params, args.progress, f"native c={concurrency}")
         elapsed = time.perf_counter() - t0
         stats = eng.stats()
+        print("[throughput] timing the engine's matmuls at the rows of every step it ran", file=sys.stderr,
+              flush=True)
+        gemm = gemm_seconds(eng.runner.model, rows.steps, progress=args.progress)
     finally:
         close = getattr(eng, "close", None)
         if close:
@@ -195,6 +204,7 @@ def run_native(args, ctx: dict, prompts, warmup, concurrency: int) -> tuple[dict
     return {"elapsed_s": elapsed, "output_tokens": out_tok, "input_tokens": in_tok,
             "output_tok_s": out_tok / elapsed, "total_tok_s": (out_tok + in_tok) / elapsed,
             "load_s": load_s, "warmup_s": warmup_s, "torch_threads": torch.get_num_threads(),
+            "gemm": gemm, "gemm_share": gemm["gemm_s"] / elapsed,
             "settings": {"max_num_seqs": concurrency,
                          "max_num_batched_tokens": max(args.max_num_batched_tokens, concurrency),
                          "kv_cache_memory_bytes": kv, "prefix_caching": True, "dtype": args.dtype,
@@ -351,6 +361,10 @@ def run(args) -> int:
                 print(f"tessera bench throughput: error: {exc}", file=sys.stderr)
                 return 1
             results[f"c{c}"] = {"backends": block, "ratios": _ratios(block)}
+            native = details[f"c{c}"].get("native")
+            if native:
+                results[f"c{c}"]["native_gemm_s"] = native["gemm"]["gemm_s"]
+                results[f"c{c}"]["native_gemm_share"] = native["gemm_share"]
     add_ceilings(results, details, resolved, args.dtype, concurrencies)
 
     first = results[f"c{concurrencies[0]}"]
@@ -393,3 +407,6 @@ def _print_summary(results: dict) -> None:
         by = ", ".join(f"{k} {v:.1f}" for k, v in r.get("matmul_ceiling_by_gemm", {}).items())
         print(f"{key:<6} matmul ceiling {r['matmul_ceiling_tok_s']:.1f} tok/s" + (f" ({by})" if by else "")
               + (f"; native at {frac:.1%} of it" if frac is not None else "") + (f"; {ratios}" if ratios else ""))
+        if "native_gemm_s" in r:
+            print(f"{key:<6} native's matmuls alone, at the rows of its steps: {r['native_gemm_s']:.2f} s "
+                  f"({r['native_gemm_share']:.1%} of its elapsed time)")

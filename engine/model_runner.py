@@ -107,19 +107,26 @@ class ModelRunner:
         graphs = self.graph_runner
         if graphs is not None and graphs.can_run(batch):
             return RunnerOutput(graphs.run(batch))  # pure decode: every row's logits
-        hidden = self.model(batch.input_ids, batch.positions, self.kv_storages, batch.meta)
-        out = RunnerOutput(None)
-        if batch.sample_indices:
-            # Only positions that produce a token go through the LM head: prefill chunks skip it,
-            # which saves the largest matmul of a small model for every prompt token.
-            rows = batch.sample_indices
-            if len(rows) == hidden.shape[0] and rows[-1] == len(rows) - 1:
-                # every position produces a token (pure decode): no selection, and no host-to-device
-                # copy that would wait for the forward before the LM head can be queued
-                out.logits = self.model.compute_logits(hidden)
-            else:
-                idx = torch.tensor(rows, dtype=torch.long, device=hidden.device)
-                out.logits = self.model.compute_logits(hidden.index_select(0, idx))
+        # rows whose final hidden state is used: the sampled ones, then every captured span
+        rows = list(batch.sample_indices)
+        captured = []
         for req, first, n, start in batch.capture:
+            captured.append((req, len(rows), n, start))
+            rows.extend(range(first, first + n))
+        num_tokens = batch.input_ids.shape[0]
+        # Pure decode keeps every row without building an index: no host-to-device copy that would
+        # wait for the forward before the LM head can be queued. A chunk that samples nothing still
+        # keeps one row, so no kernel is ever called on zero rows.
+        keep = None if rows == list(range(num_tokens)) else torch.tensor(
+            rows or [num_tokens - 1], dtype=torch.long, device=self.device)
+        hidden = self.model(batch.input_ids, batch.positions, self.kv_storages, batch.meta, keep)
+        out = RunnerOutput(None)
+        # Only positions that produce a token go through the LM head: prefill chunks skip it, which
+        # saves the largest matmul of a small model for every prompt token.
+        num_sampled = len(batch.sample_indices)
+        if num_sampled:
+            out.logits = self.model.compute_logits(hidden if num_sampled == hidden.shape[0]
+                                                   else hidden[:num_sampled])
+        for req, first, n, start in captured:
             out.captured[req.request_id] = (start, self.model.compute_logits(hidden[first:first + n]).cpu())
         return out

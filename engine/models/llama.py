@@ -35,8 +35,9 @@ class Attention(nn.Module):
         self.scale = self.head_dim ** -0.5
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv, meta: AttentionMetadata,
-                ops: ModelOps) -> torch.Tensor:
-        """x: [T, hidden] -> [T, hidden]."""
+                ops: ModelOps, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [T, hidden] -> [T, hidden], or [R, hidden] for rows: [R] int64 (every token's K/V is still
+        cached; only the output projection is limited to those rows)."""
         t = x.shape[0]
         q, k, v = self.qkv_proj(x).split(
             [self.q_size, self.kv_size, self.kv_size], dim=-1)
@@ -48,8 +49,10 @@ class Attention(nn.Module):
             k = ops.rms_norm(k, self.k_norm.weight, self.k_norm.eps)
         q, k = ops.rotary(q, k, cos, sin)
         kv.write(k, v, meta)
-        o = kv.attend(q, k, v, meta, self.scale)
-        return self.o_proj(o.reshape(t, self.q_size))
+        o = kv.attend(q, k, v, meta, self.scale).reshape(t, self.q_size)
+        if rows is not None:
+            o = o.index_select(0, rows)
+        return self.o_proj(o)
 
 
 class MLP(nn.Module):
@@ -105,20 +108,32 @@ class LlamaForCausalLM(nn.Module):
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_storages: list,
-                meta: AttentionMetadata) -> torch.Tensor:
-        """input_ids, positions: [T] -> final hidden states [T, hidden] (normed)."""
+                meta: AttentionMetadata, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids, positions: [T] -> final hidden states [T, hidden] (normed), or only those of
+        rows: [R] int64 batch indices, in that order.
+
+        A prompt token that produces no output is needed past the last layer's attention for nothing:
+        its K/V are cached by then, and no later layer reads its hidden state. So with `rows`, the last
+        layer's output projection and MLP run on those rows only (1/num_layers of a prefill's matmuls
+        saved). Every kernel computes a row independently of the others, so the kept rows' values are
+        bit-identical to a full pass."""
         ops = self.ops
         cos, sin = self.rotary.lookup(positions)
         h = self.embed_tokens(input_ids)
         residual = None
-        for layer, kv in zip(self.layers, kv_storages, strict=True):
+        last = len(self.layers) - 1
+        for i, (layer, kv) in enumerate(zip(self.layers, kv_storages, strict=True)):
             if residual is None:
                 residual = h
                 x = ops.rms_norm(h, layer.input_layernorm.weight, layer.input_layernorm.eps)
             else:
                 x, residual = ops.add_rms_norm(h, residual, layer.input_layernorm.weight,
                                                layer.input_layernorm.eps)
-            h = layer.self_attn(x, cos, sin, kv, meta, ops)
+            if i == last and rows is not None:
+                h = layer.self_attn(x, cos, sin, kv, meta, ops, rows)
+                residual = residual.index_select(0, rows)
+            else:
+                h = layer.self_attn(x, cos, sin, kv, meta, ops)
             x, residual = ops.add_rms_norm(h, residual, layer.post_attention_layernorm.weight,
                                            layer.post_attention_layernorm.eps)
             h = layer.mlp(x, ops)

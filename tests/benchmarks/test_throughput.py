@@ -45,7 +45,11 @@ def test_native_and_hf_shape(tmp_path):
     assert block["native_frac_of_ceiling"] > 0
     assert data["backends"] == block["backends"] and data["ratios"] == block["ratios"]
     assert data["workload"]["input_len"] == 8 and data["workload"]["output_len"] == 4
-    assert data["details"]["c2"]["native"]["output_tokens"] == 2 * 4
+    native = data["details"]["c2"]["native"]
+    assert native["output_tokens"] == 2 * 4
+    assert native["gemm"]["steps"] == 4  # the timed run only: one prefill step, three decode steps
+    assert 0 < native["gemm"]["lm_head_s"] < native["gemm"]["gemm_s"]
+    assert block["native_gemm_s"] == native["gemm"]["gemm_s"] and block["native_gemm_share"] > 0
     assert data["details"]["c2"]["hf"]["output_tokens"] == 2 * 4
     assert out.with_suffix(".png").stat().st_size > 0
 

@@ -1,0 +1,102 @@
+"""How much of a native run its matmuls alone take: `tessera bench throughput` records the rows of every
+step the engine executed (a `StepRows` log), then times the engine's own linear modules, on the loaded
+model, at exactly those row counts. The sum is the run's GEMM time: what the same steps would cost if
+attention, elementwise ops, sampling and scheduling were free. Its share of the elapsed time says how
+much any work outside the matmuls could still gain.
+
+Timed apart from the run, each distinct row count once (fastest of a few passes over every layer), so
+the figure is a best case for the kernel, like the matmul ceiling."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StepRows:
+    """Per executed step: (tokens in the step, rows past the last layer's attention, rows through the
+    LM head). Filled by wrapping the runner's `execute`, which adds one tuple per step to the run."""
+
+    steps: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def attach(self, runner) -> None:
+        execute = runner.execute
+
+        def recording(batch):
+            num_tokens = int(batch.input_ids.shape[0])
+            sampled = len(batch.sample_indices)
+            # as the runner decides: every row kept when every row is sampled and none captured
+            every = not batch.capture and batch.sample_indices == list(range(num_tokens))
+            kept = sampled + sum(n for _, _, n, _ in batch.capture)
+            self.steps.append((num_tokens, num_tokens if every else max(kept, 1), sampled))
+            return execute(batch)
+
+        runner.execute = recording
+
+
+def _best_pass(calls, passes: int) -> float:
+    """calls: [(module, x)] -> the fastest of `passes` timed passes over all of them, in seconds."""
+    import torch
+
+    cuda = calls[0][1].device.type == "cuda"
+    best = float("inf")
+    with torch.inference_mode():
+        for i in range(passes + 1):
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for fn, x in calls:
+                fn(x)
+            if cuda:
+                torch.cuda.synchronize()
+            if i:  # the first pass only warms up
+                best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def gemm_seconds(model, steps: list[tuple[int, int, int]], passes: int = 3, progress: bool = True) -> dict:
+    """model: the engine's loaded LlamaForCausalLM (packed linears). Returns the summed GEMM time of
+    `steps` and its parts. Per step: every layer's q/k/v projection at the step's tokens, the other
+    projections of all but the last layer at the step's tokens and of the last layer at its kept rows,
+    and the LM head at the sampled rows."""
+    import torch
+    from tqdm import tqdm
+
+    layers = model.layers
+    hidden = model.arch.hidden_size
+    weight = model.embed_tokens.weight
+    qkv = [layer.self_attn.qkv_proj for layer in layers]
+    rest = [(m, m.in_features) for layer in layers
+            for m in (layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj)]
+    inputs: dict[tuple[int, int], torch.Tensor] = {}
+
+    def x(rows: int, width: int) -> torch.Tensor:
+        if (rows, width) not in inputs:
+            inputs[(rows, width)] = torch.randn(rows, width, dtype=weight.dtype, device=weight.device)
+        return inputs[(rows, width)]
+
+    def q_time(m):
+        return _best_pass([(lin, x(m, hidden)) for lin in qkv], passes)
+
+    def rest_time(m):
+        return _best_pass([(lin, x(m, width)) for lin, width in rest], passes)
+
+    def head_time(m):
+        return _best_pass([(model.logits_proj, x(m, hidden))], passes) if m else 0.0
+
+    needed = {("q", t) for t, _, _ in steps} | {("rest", t) for t, _, _ in steps} | \
+        {("rest", k) for _, k, _ in steps} | {("head", s) for _, _, s in steps}
+    timers = {"q": q_time, "rest": rest_time, "head": head_time}
+    measured = {}
+    for kind, m in tqdm(sorted(needed), desc="GEMM time per row count", unit="shape", disable=not progress):
+        measured[(kind, m)] = timers[kind](m)
+    n = len(layers)
+    counts = Counter(steps)
+    layers_s = sum(c * (measured[("q", t)] + measured[("rest", t)] * (n - 1) / n + measured[("rest", k)] / n)
+                   for (t, k, _), c in counts.items())
+    head_s = sum(c * measured[("head", s)] for (_, _, s), c in counts.items())
+    return {"gemm_s": layers_s + head_s, "layers_s": layers_s, "lm_head_s": head_s, "steps": len(steps),
+            "distinct_shapes": len(measured), "passes_per_shape": passes,
+            "note": "engine linear modules timed apart from the run at each step's row counts; fastest pass"}
