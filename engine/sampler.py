@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from engine.batched_sampling import sample_batched
+from engine.kernels.registry import get_kernel
 from engine.outputs import TokenLogprob
 from engine.request import Request
 
@@ -76,6 +77,14 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) 
 class Sampler:
     def __init__(self, vocab_size: int) -> None:
         self.vocab_size = vocab_size
+        self._argmax: dict[str, object] = {}  # device type -> the registry's argmax kernel
+
+    def argmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits: [R, V] -> [R] int64, the first index of each row's maximum."""
+        fn = self._argmax.get(logits.device.type)
+        if fn is None:
+            fn = self._argmax[logits.device.type] = get_kernel("argmax", logits.device.type)
+        return fn(logits)
 
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> list[tuple[int, TokenLogprob | None]]:
         """logits: [S, V] fp32, one row per request -> (token id, logprob entry or None) per row."""
@@ -109,7 +118,7 @@ class Sampler:
         # changed and unchanged greedy rows apart, so one penalized request does not copy the batch
         for part in ([i for i in greedy_rows if i not in processed], [i for i in greedy_rows if i in processed]):
             if part:
-                for i, t in zip(part, rows_of(part).argmax(-1).tolist(), strict=True):
+                for i, t in zip(part, self.argmax(rows_of(part)).tolist(), strict=True):
                     tokens[i] = t
         batched: set[int] = set()
         if logits.is_cuda:

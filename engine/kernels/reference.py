@@ -9,6 +9,12 @@ from engine.attention_metadata import AttentionMetadata
 from engine.kernels.registry import REFERENCE, register_kernel
 
 
+@register_kernel("argmax", REFERENCE)
+def argmax(x: torch.Tensor) -> torch.Tensor:
+    """x: [R, V] -> [R] int64, the first index of each row's maximum (NaN counts as the largest)."""
+    return x.argmax(-1)
+
+
 @register_kernel("rms_norm", REFERENCE)
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x: [T, H], weight: [H]. Computed in fp32 and cast back, as HF Llama does, so fp32/bf16 models

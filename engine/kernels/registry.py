@@ -70,6 +70,7 @@ def get_kernel(op: str, device_type: str, prefer_reference: bool = False) -> Cal
 def _load_builtin_kernels() -> None:
     # Imported lazily so the registry module itself has no heavy imports and no import cycles.
     from engine.kernels import (
+        cpu_argmax,  # noqa: F401
         cpu_attention,  # noqa: F401
         cpu_elementwise,  # noqa: F401
         cpu_kivi_attention,  # noqa: F401

@@ -118,6 +118,23 @@ ELEMENTWISE_CASES = {op: (lambda rows, op=op: _elementwise_args(op, rows))
                      for op in ("rms_norm", "add_rms_norm", "silu_and_mul", "rotary")}
 
 
+def _argmax_rows(width: int) -> torch.Tensor:
+    """[9, width] rows, strided, that test what the first maximum means: random, ties between vector
+    lanes and with the tail, all -inf, all equal, a NaN in the middle or at the end, +inf."""
+    g = torch.Generator().manual_seed(width)
+    x = torch.randn(9, width + 5, generator=g)[:, :width]
+    x[1, :] = torch.randint(0, 3, (width,), generator=g).float()  # many ties at the maximum
+    x[2, :] = float("-inf")
+    x[3, :] = 0.5
+    x[4, width // 2] = float("nan")
+    x[5, width - 1] = float("nan")
+    x[6, width // 3] = float("inf")
+    x[7, :] = x[0].max() + 1
+    x[7, : width // 2] = 0.0  # the first maximum in the second half
+    x[8, -1] = x[8].max() + 1  # the maximum in the tail alone
+    return x
+
+
 def _device_kernels():
     get_kernel("paged_attention", "cpu")  # loads the built-in kernel modules
     return [e for op in KERNELS.ops() for e in KERNELS.implementations(op) if e.device_type != REFERENCE]
@@ -181,6 +198,10 @@ def test_device_kernel_matches_reference(entry):
                     assert torch.equal(a, b), f"{rows} rows: rotary differs from the reference"
                 else:
                     torch.testing.assert_close(a, b, atol=2e-6, rtol=2e-6)
+    elif entry.op == "argmax":
+        for width in (1, 15, 16, 17, 100, 49152 + 3):
+            x = _argmax_rows(width)
+            assert torch.equal(entry.fn(x.to(dev)).cpu(), ref(x)), f"width {width}"
     else:
         pytest.fail(f"no comparison written for op {entry.op!r}: add one")
 
