@@ -73,6 +73,22 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
         self.mlp = MLP(arch)
 
+    def forward(self, h: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor, kv,
+                meta: AttentionMetadata, ops: ModelOps, rows: torch.Tensor | None = None):
+        """h: [T, hidden], the previous layer's output (the embeddings for the first layer, whose residual
+        is None) -> (output, residual), both [T, hidden], or [R, hidden] for rows: [R] int64."""
+        if residual is None:
+            residual = h
+            x = ops.rms_norm(h, self.input_layernorm.weight, self.input_layernorm.eps)
+        else:
+            x, residual = ops.add_rms_norm(h, residual, self.input_layernorm.weight, self.input_layernorm.eps)
+        h = self.self_attn(x, cos, sin, kv, meta, ops, rows)
+        if rows is not None:
+            residual = residual.index_select(0, rows)
+        x, residual = ops.add_rms_norm(h, residual, self.post_attention_layernorm.weight,
+                                       self.post_attention_layernorm.eps)
+        return self.mlp(x, ops), residual
+
 
 class LlamaForCausalLM(nn.Module):
     def __init__(self, arch: ModelArch) -> None:
@@ -123,20 +139,7 @@ class LlamaForCausalLM(nn.Module):
         residual = None
         last = len(self.layers) - 1
         for i, (layer, kv) in enumerate(zip(self.layers, kv_storages, strict=True)):
-            if residual is None:
-                residual = h
-                x = ops.rms_norm(h, layer.input_layernorm.weight, layer.input_layernorm.eps)
-            else:
-                x, residual = ops.add_rms_norm(h, residual, layer.input_layernorm.weight,
-                                               layer.input_layernorm.eps)
-            if i == last and rows is not None:
-                h = layer.self_attn(x, cos, sin, kv, meta, ops, rows)
-                residual = residual.index_select(0, rows)
-            else:
-                h = layer.self_attn(x, cos, sin, kv, meta, ops)
-            x, residual = ops.add_rms_norm(h, residual, layer.post_attention_layernorm.weight,
-                                           layer.post_attention_layernorm.eps)
-            h = layer.mlp(x, ops)
+            h, residual = layer(h, residual, cos, sin, kv, meta, ops, rows if i == last else None)
         x, _ = ops.add_rms_norm(h, residual, self.norm.weight, self.norm.eps)
         return x
 
