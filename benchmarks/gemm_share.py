@@ -26,11 +26,8 @@ class StepRows:
 
         def recording(batch):
             num_tokens = int(batch.input_ids.shape[0])
-            sampled = len(batch.sample_indices)
-            # as the runner decides: every row kept when every row is sampled and none captured
-            every = not batch.capture and batch.sample_indices == list(range(num_tokens))
-            kept = sampled + sum(n for _, _, n, _ in batch.capture)
-            self.steps.append((num_tokens, num_tokens if every else max(kept, 1), sampled))
+            kept = batch.kept_rows()
+            self.steps.append((num_tokens, num_tokens if kept is None else len(kept), len(batch.sample_indices)))
             return execute(batch)
 
         runner.execute = recording

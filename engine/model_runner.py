@@ -29,6 +29,18 @@ class StepBatch:
     # requests that capture teacher-forced logits: (request, first batch index, count, first position)
     capture: list[tuple[Request, int, int]] = field(default_factory=list)
 
+    def kept_rows(self) -> list[int] | None:
+        """Batch indices whose final hidden state is used, in the order the model returns them: the
+        sampled rows, then each captured span. None when that is every row in order (pure decode), so no
+        index is built. A chunk that samples nothing keeps its last row, so no kernel runs on zero rows."""
+        rows = list(self.sample_indices)
+        for _, first, n, _ in self.capture:
+            rows.extend(range(first, first + n))
+        num_tokens = int(self.input_ids.shape[0])
+        if rows == list(range(num_tokens)):
+            return None
+        return rows or [num_tokens - 1]
+
 
 @dataclass(slots=True)
 class RunnerOutput:
@@ -107,18 +119,9 @@ class ModelRunner:
         graphs = self.graph_runner
         if graphs is not None and graphs.can_run(batch):
             return RunnerOutput(graphs.run(batch))  # pure decode: every row's logits
-        # rows whose final hidden state is used: the sampled ones, then every captured span
-        rows = list(batch.sample_indices)
-        captured = []
-        for req, first, n, start in batch.capture:
-            captured.append((req, len(rows), n, start))
-            rows.extend(range(first, first + n))
-        num_tokens = batch.input_ids.shape[0]
-        # Pure decode keeps every row without building an index: no host-to-device copy that would
-        # wait for the forward before the LM head can be queued. A chunk that samples nothing still
-        # keeps one row, so no kernel is ever called on zero rows.
-        keep = None if rows == list(range(num_tokens)) else torch.tensor(
-            rows or [num_tokens - 1], dtype=torch.long, device=self.device)
+        rows = batch.kept_rows()
+        # None: no host-to-device index copy that would wait for the forward before the LM head is queued
+        keep = None if rows is None else torch.tensor(rows, dtype=torch.long, device=self.device)
         hidden = self.model(batch.input_ids, batch.positions, self.kv_storages, batch.meta, keep)
         out = RunnerOutput(None)
         # Only positions that produce a token go through the LM head: prefill chunks skip it, which
@@ -127,6 +130,8 @@ class ModelRunner:
         if num_sampled:
             out.logits = self.model.compute_logits(hidden if num_sampled == hidden.shape[0]
                                                    else hidden[:num_sampled])
-        for req, first, n, start in captured:
+        first = num_sampled  # captured spans follow the sampled rows in `hidden`, as kept_rows orders them
+        for req, _, n, start in batch.capture:
             out.captured[req.request_id] = (start, self.model.compute_logits(hidden[first:first + n]).cpu())
+            first += n
         return out
