@@ -9,9 +9,10 @@ the figure is a best case for the kernel, like the matmul ceiling."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from dataclasses import dataclass, field
+
+from benchmarks.matmul_ceiling import timed_pass
 
 
 @dataclass
@@ -34,23 +35,10 @@ class StepRows:
 
 
 def _best_pass(calls, passes: int) -> float:
-    """calls: [(module, x)] -> the fastest of `passes` timed passes over all of them, in seconds."""
-    import torch
-
-    cuda = calls[0][1].device.type == "cuda"
-    best = float("inf")
-    with torch.inference_mode():
-        for i in range(passes + 1):
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for fn, x in calls:
-                fn(x)
-            if cuda:
-                torch.cuda.synchronize()
-            if i:  # the first pass only warms up
-                best = min(best, time.perf_counter() - t0)
-    return best
+    """calls: [(module, x)] -> the fastest of `passes` timed passes over all of them (after one to warm
+    up), in seconds."""
+    timed_pass(calls)
+    return min(timed_pass(calls) for _ in range(passes))
 
 
 def gemm_seconds(model, steps: list[tuple[int, int, int]], passes: int = 3, progress: bool = True) -> dict:

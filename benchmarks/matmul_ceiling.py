@@ -62,6 +62,22 @@ def engine_linears(weights) -> list:
     return [pack(w, None) for w in weights]
 
 
+def timed_pass(calls) -> float:
+    """calls: [(fn, x)] -> seconds for one pass of fn(x) over all of them (the GPU synchronized around it)."""
+    import torch
+
+    cuda = calls[0][1].device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for fn, x in calls:
+            fn(x)
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def matmul_ceiling(weights, batch: int, min_time_s: float = 1.0, linears: list | None = None) -> dict:
     """weights: [out, in] matrices; linears: the same weights as callables (engine_linears), else
     F.linear is timed."""
@@ -74,22 +90,11 @@ def matmul_ceiling(weights, batch: int, min_time_s: float = 1.0, linears: list |
     calls = ([(lin, inputs[w.shape[1]]) for lin, w in zip(linears, weights, strict=True)] if linears is not None
              else [(lambda x, w=w: F.linear(x, w), inputs[w.shape[1]]) for w in weights])
 
-    def one_pass() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            for fn, x in calls:
-                fn(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
     for _ in range(2):
-        one_pass()
+        timed_pass(calls)
     times, start = [], time.perf_counter()
     while len(times) < 5 or (time.perf_counter() - start < min_time_s and len(times) < 200):
-        times.append(one_pass())
+        times.append(timed_pass(calls))
     # The fastest pass: a ceiling is a best case, and on a shared machine noise only ever adds time.
     step = min(times)
     return {"tok_s": batch / step, "time_per_step_s": step, "median_time_per_step_s": statistics.median(times),
