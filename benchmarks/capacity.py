@@ -9,7 +9,7 @@ import sys
 import time
 
 from benchmarks import report
-from benchmarks.throughput import random_prompts
+from benchmarks.workload import random_prompts
 
 
 def register(subparsers) -> None:

@@ -97,7 +97,7 @@ def timed_generate(eng, prompts: list[list[int]], max_tokens: int, desc: str, pr
 
 
 def _prompts(eng, count: int, length: int, seed: int) -> list[list[int]]:
-    from benchmarks.throughput import random_prompts
+    from benchmarks.workload import random_prompts
 
     return random_prompts(eng.tokenizer, eng.arch.vocab_size, count, length, seed)
 
@@ -106,7 +106,7 @@ def run_native_decode(args, concurrencies: list[int], progress: bool) -> dict:
     """Batch-1 and concurrent decode on one engine, then the same prompts eagerly for the graph check."""
     import torch
 
-    from benchmarks.throughput import kv_bytes_per_token
+    from benchmarks.workload import kv_bytes_per_token
 
     max_c = max([1, *concurrencies])
     seq_len = args.input_len + max(args.output_len, args.b1_output_len)
@@ -187,7 +187,7 @@ def run_hf(args, runs: dict[str, list[list[int]]], progress: bool) -> dict:
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from benchmarks.throughput import write_hf_config_dir
+    from benchmarks.workload import write_hf_config_dir
     from engine.loader.model_registry import resolve_model
 
     resolved = resolve_model(args.model)
@@ -227,7 +227,7 @@ def run_hf(args, runs: dict[str, list[list[int]]], progress: bool) -> dict:
 def run(args) -> int:
     import torch
 
-    from benchmarks.throughput import kv_bytes_per_token, parse_int_list
+    from benchmarks.workload import kv_bytes_per_token, parse_int_list
     from engine.loader.model_registry import resolve_model
 
     if not torch.cuda.is_available():
