@@ -1,8 +1,13 @@
-"""How much of a native run its matmuls alone take: `tessera bench throughput` records the rows of every
-step the engine executed (a `StepRows` log), then times the engine's own linear modules, on the loaded
-model, at exactly those row counts. The sum is the run's GEMM time: what the same steps would cost if
-attention, elementwise ops, sampling and scheduling were free. Its share of the elapsed time says how
+"""How much of a native run its fp32 matmuls alone take: `tessera bench throughput` records the rows of
+every step the engine executed (a `StepRows` log), then times the engine's own linear modules, on the
+loaded model, at exactly those row counts. The sum is the run's GEMM time: what the same steps would cost
+if attention, elementwise ops, sampling and scheduling were free. Its share of the elapsed time says how
 much any work outside the matmuls could still gain.
+
+The LM head counts only for rows that needed their logits. Rows that take the plain argmax (greedy, no
+logprobs, penalties or bans) get their token from the model's greedy head, which on x86 CPUs with
+AVX-512 VNNI is an int8 screen plus a few exact logits (engine/kernels/cpu_greedy_head.py), not an fp32
+GEMM; those rows are counted (`greedy_rows`) but not timed here.
 
 Timed apart from the run, each distinct row count once (fastest of a few passes over every layer), so
 the figure is a best case for the kernel, like the matmul ceiling."""
@@ -18,9 +23,11 @@ from benchmarks.matmul_ceiling import timed_pass
 @dataclass
 class StepRows:
     """Per executed step: (tokens in the step, rows past the last layer's attention, rows through the
-    LM head). Filled by wrapping the runner's `execute`, which adds one tuple per step to the run."""
+    fp32 LM head). Filled by wrapping the runner's `execute`, which adds one tuple per step to the run;
+    `greedy_rows` counts the sampled rows that took the greedy head instead."""
 
     steps: list[tuple[int, int, int]] = field(default_factory=list)
+    greedy_rows: int = 0
 
     def attach(self, runner) -> None:
         execute = runner.execute
@@ -28,7 +35,10 @@ class StepRows:
         def recording(batch):
             num_tokens = int(batch.input_ids.shape[0])
             kept = batch.kept_rows()
-            self.steps.append((num_tokens, num_tokens if kept is None else len(kept), len(batch.sample_indices)))
+            greedy = sum(1 for req, _, count in batch.sample_rows if count == 1 and req.argmax_only)
+            self.greedy_rows += greedy
+            self.steps.append((num_tokens, num_tokens if kept is None else len(kept),
+                               len(batch.sample_indices) - greedy))
             return execute(batch)
 
         runner.execute = recording

@@ -10,8 +10,8 @@ included) on a [concurrency, hidden] input, with torch's F.linear and with the e
 faster of the two being the ceiling: an upper bound on decode tokens/s that ignores attention and all
 other work; native is reported as a fraction of it. After the native run, the engine's own matmuls are
 timed at the row counts of every step it executed (benchmarks/gemm_share.py): `native_gemm_s` is what
-the run would take if everything but the matmuls were free, and `native_gemm_share` its share of the
-elapsed time.
+the run would take if everything but the fp32 matmuls were free (greedy rows' int8-screened LM head not
+counted), and `native_gemm_share` its share of the elapsed time.
 """
 
 from __future__ import annotations
@@ -143,6 +143,7 @@ def run_native(args, ctx: dict, prompts, warmup, concurrency: int) -> tuple[dict
         print("[throughput] timing the engine's matmuls at the rows of every step it ran", file=sys.stderr,
               flush=True)
         gemm = gemm_seconds(eng.runner.model, rows.steps, progress=args.progress)
+        gemm["greedy_rows"] = rows.greedy_rows
     finally:
         close = getattr(eng, "close", None)
         if close:
@@ -360,5 +361,5 @@ def _print_summary(results: dict) -> None:
         print(f"{key:<6} matmul ceiling {r['matmul_ceiling_tok_s']:.1f} tok/s" + (f" ({by})" if by else "")
               + (f"; native at {frac:.1%} of it" if frac is not None else "") + (f"; {ratios}" if ratios else ""))
         if "native_gemm_s" in r:
-            print(f"{key:<6} native's matmuls alone, at the rows of its steps: {r['native_gemm_s']:.2f} s "
+            print(f"{key:<6} native's fp32 matmuls alone, at the rows of its steps: {r['native_gemm_s']:.2f} s "
                   f"({r['native_gemm_share']:.1%} of its elapsed time)")

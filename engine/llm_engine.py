@@ -198,17 +198,17 @@ class LLMEngine:
         plain = [(req, row) for req, row, count in batch.sample_rows if count == 1]
         if plain:
             reqs = [req for req, _ in plain]
-            logits = result.logits
-            if len(plain) != logits.shape[0] or plain[-1][1] != len(plain) - 1:  # rows ascend: else identity
-                logits = logits.index_select(0, torch.tensor([row for _, row in plain], device=logits.device))
-            sampled = self.sampler(logits, reqs)
+            sampled = self.sampler.sample(result, [row for _, row in plain], reqs)
             for req, (token, logprob) in zip(reqs, sampled, strict=True):
                 state = self._seq_to_state[req.request_id]
                 touched[state.request_id] = state
                 self._append_token(state, req, token, logprob, now)
         spec = [(req, row, count) for req, row, count in batch.sample_rows if count > 1]
         if spec:
-            self._verify(sched, spec, result.logits, now, touched)
+            logits = result.logits_of([row + i for _, row, count in spec for i in range(count)])
+            first = list(itertools.accumulate((count for _, _, count in spec), initial=0))
+            self._verify(sched, [(req, first[j], count) for j, (req, _, count) in enumerate(spec)], logits, now,
+                         touched)
         self.scheduler.cache_blocks(sched)
         for plugin in self.plugins:
             try:

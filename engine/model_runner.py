@@ -42,11 +42,56 @@ class StepBatch:
         return rows or [num_tokens - 1]
 
 
-@dataclass(slots=True)
 class RunnerOutput:
-    logits: torch.Tensor | None  # [rows, V] fp32 for batch.sample_indices
-    # request id -> (first position, [n, V] fp32 logits on the CPU)
-    captured: dict[str, tuple[int, torch.Tensor]] = field(default_factory=dict)
+    """What a step produced for the rows that sample (batch.sample_indices, in that order): their final
+    hidden states, turned into logits or greedy tokens only as the sampler asks, since a greedy token
+    can cost much less than its row of logits. Plus any captured teacher-forced logits."""
+
+    __slots__ = ("_hidden", "_model", "_logits", "captured")
+
+    def __init__(self, hidden: torch.Tensor | None = None, model=None, logits: torch.Tensor | None = None,
+                 captured: dict[str, tuple[int, torch.Tensor]] | None = None) -> None:
+        self._hidden = hidden  # [rows, D]
+        self._model = model  # its compute_logits / greedy_tokens
+        self._logits = logits  # [rows, V] fp32, when the runner computed them already (CUDA graphs)
+        # request id -> (first position, [n, V] fp32 logits on the CPU)
+        self.captured = captured if captured is not None else {}
+
+    @property
+    def logits(self) -> torch.Tensor | None:
+        """[rows, V] fp32 for every sampled row (computed on first use), or None when none samples."""
+        if self._logits is None and self._hidden is not None:
+            with torch.inference_mode():
+                self._logits = self._model.compute_logits(self._hidden)
+        return self._logits
+
+    def logits_of(self, rows: list[int]) -> torch.Tensor:
+        """rows: indices into the sampled rows -> their fp32 logits [len(rows), V]."""
+        every = rows == list(range(self.num_rows))
+        if self._logits is None and not every:
+            with torch.inference_mode():
+                return self._model.compute_logits(self._select(rows))
+        logits = self.logits  # all of them, kept for later calls
+        return logits if every else logits[torch.tensor(rows, device=logits.device)]
+
+    def greedy_of(self, rows: list[int]) -> torch.Tensor:
+        """rows: indices into the sampled rows -> [len(rows)] int64, the first maximum of each row's
+        logits (unmodified by penalties or bans)."""
+        if self._logits is not None:
+            return self._logits[torch.tensor(rows, device=self._logits.device)].argmax(-1)
+        with torch.inference_mode():
+            return self._model.greedy_tokens(self._select(rows))
+
+    @property
+    def num_rows(self) -> int:
+        source = self._logits if self._logits is not None else self._hidden
+        return 0 if source is None else int(source.shape[0])
+
+    def _select(self, rows: list[int]) -> torch.Tensor:
+        h = self._hidden
+        if rows == list(range(h.shape[0])):
+            return h
+        return h.index_select(0, torch.tensor(rows, device=h.device))
 
 
 class ModelRunner:
@@ -118,18 +163,15 @@ class ModelRunner:
     def execute(self, batch: StepBatch) -> RunnerOutput:
         graphs = self.graph_runner
         if graphs is not None and graphs.can_run(batch):
-            return RunnerOutput(graphs.run(batch))  # pure decode: every row's logits
+            return RunnerOutput(logits=graphs.run(batch))  # pure decode: every row's logits
         rows = batch.kept_rows()
         # None: no host-to-device index copy that would wait for the forward before the LM head is queued
         keep = None if rows is None else torch.tensor(rows, dtype=torch.long, device=self.device)
         hidden = self.model(batch.input_ids, batch.positions, self.kv_storages, batch.meta, keep)
-        out = RunnerOutput(None)
-        # Only positions that produce a token go through the LM head: prefill chunks skip it, which
-        # saves the largest matmul of a small model for every prompt token.
+        # Only positions that produce a token reach the LM head: prefill chunks skip it, which saves the
+        # largest matmul of a small model for every prompt token.
         num_sampled = len(batch.sample_indices)
-        if num_sampled:
-            out.logits = self.model.compute_logits(hidden if num_sampled == hidden.shape[0]
-                                                   else hidden[:num_sampled])
+        out = RunnerOutput(hidden[:num_sampled], self.model) if num_sampled else RunnerOutput()
         first = num_sampled  # captured spans follow the sampled rows in `hidden`, as kept_rows orders them
         for req, _, n, start in batch.capture:
             out.captured[req.request_id] = (start, self.model.compute_logits(hidden[first:first + n]).cpu())

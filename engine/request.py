@@ -81,6 +81,13 @@ class Request:
         return self.min_tokens_bans if self.num_output_tokens < self.params.min_tokens else ()
 
     @property
+    def argmax_only(self) -> bool:
+        """Whether the next token is the plain argmax of the model's logits: greedy, no logprobs, no
+        penalties and nothing banned. Such a token can be found without computing every logit."""
+        p = self.params
+        return p.greedy and p.logprobs is None and not p.needs_penalties and not self.banned_token_ids
+
+    @property
     def is_finished(self) -> bool:
         return self.status == RequestStatus.FINISHED
 

@@ -86,6 +86,23 @@ class Sampler:
             fn = self._argmax[logits.device.type] = get_kernel("argmax", logits.device.type)
         return fn(logits)
 
+    def sample(self, head, rows: list[int], requests: list[Request]) -> list[tuple[int, TokenLogprob | None]]:
+        """head: the step's output (engine.model_runner.RunnerOutput), which gives logits or greedy tokens
+        of its sampled rows on demand; rows: each request's row there. Requests that only take the
+        argmax of their unmodified logits get greedy tokens, which the model may find for much less than
+        the logits cost; the others sample from their logits as __call__ does."""
+        out: list[tuple[int, TokenLogprob | None]] = [(0, None)] * len(requests)
+        plain = [i for i, r in enumerate(requests) if r.argmax_only]
+        if plain:
+            for i, t in zip(plain, head.greedy_of([rows[i] for i in plain]).tolist(), strict=True):
+                out[i] = (t, None)
+        rest = [i for i, r in enumerate(requests) if not r.argmax_only] if len(plain) < len(requests) else []
+        if rest:
+            sampled = self(head.logits_of([rows[i] for i in rest]), [requests[i] for i in rest])
+            for i, res in zip(rest, sampled, strict=True):
+                out[i] = res
+        return out
+
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> list[tuple[int, TokenLogprob | None]]:
         """logits: [S, V] fp32, one row per request -> (token id, logprob entry or None) per row."""
         want_logprobs = [r.params.logprobs is not None for r in requests]

@@ -128,3 +128,23 @@ def pack_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch
     """weight: [out, in], bias: [out] or None -> a module computing the linear map. Device kernels
     may return the weight re-laid-out for their GEMM; the reference keeps it as is."""
     return DenseLinear(weight, bias)
+
+
+class ArgmaxHead(torch.nn.Module):
+    """Greedy tokens as the argmax of the LM head's full logits."""
+
+    def __init__(self, head: torch.nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [R, D] -> [R] int64, the first maximum of each row's logits."""
+        return argmax(self.head(hidden).float())
+
+
+@register_kernel("pack_greedy_head", REFERENCE)
+def pack_greedy_head(weight: torch.Tensor, head: torch.nn.Module) -> torch.nn.Module:
+    """weight: [V, D] the LM head weight, head: the module computing its logits -> a module mapping hidden
+    states [R, D] to their greedy tokens [R] int64. Device kernels may find the argmax with less work;
+    the answer must stay the same."""
+    return ArgmaxHead(head)

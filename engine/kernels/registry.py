@@ -73,6 +73,7 @@ def _load_builtin_kernels() -> None:
         cpu_argmax,  # noqa: F401
         cpu_attention,  # noqa: F401
         cpu_elementwise,  # noqa: F401
+        cpu_greedy_head,  # noqa: F401
         cpu_kivi_attention,  # noqa: F401
         cpu_linear,  # noqa: F401
         kv_quant,  # noqa: F401

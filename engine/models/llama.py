@@ -101,6 +101,7 @@ class LlamaForCausalLM(nn.Module):
         self.ops: ModelOps | None = None
         self.rotary: RotaryTable | None = None
         self.logits_proj: nn.Module | None = None
+        self.greedy_head: nn.Module | None = None
 
     def prepare(self, ops: ModelOps, max_positions: int) -> None:
         """After weights are on their device: bind kernels and build the rotary table."""
@@ -116,6 +117,7 @@ class LlamaForCausalLM(nn.Module):
                 if isinstance(lin, nn.Linear):
                     setattr(parent, name, ops.pack_linear(lin.weight, lin.bias))
         self.logits_proj = ops.pack_linear(self.lm_head_weight, None)
+        self.greedy_head = ops.pack_greedy_head(self.lm_head_weight, self.logits_proj)
         self.rotary = RotaryTable(self.arch.head_dim, max_positions, self.arch.rope_theta,
                                   self.arch.rope_scaling, p.dtype, p.device)
 
@@ -146,6 +148,11 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [S, hidden] -> fp32 logits [S, vocab]."""
         return self.logits_proj(hidden).float()
+
+    def greedy_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [S, hidden] -> [S] int64: the argmax (first maximum) of compute_logits(hidden), which a
+        device kernel may find without computing every logit."""
+        return self.greedy_head(hidden)
 
     # ---- weights ------------------------------------------------------------------------------
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

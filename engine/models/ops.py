@@ -16,8 +16,10 @@ class ModelOps:
     rotary: Callable
     silu_and_mul: Callable
     pack_linear: Callable  # (weight [out, in], bias) -> module; applied once at load time
+    pack_greedy_head: Callable  # (lm head weight [V, D], logits module) -> module: hidden -> greedy ids
 
     @classmethod
     def for_device(cls, device_type: str, prefer_reference: bool = False) -> ModelOps:
         return cls(**{name: get_kernel(name, device_type, prefer_reference)
-                      for name in ("rms_norm", "add_rms_norm", "rotary", "silu_and_mul", "pack_linear")})
+                      for name in ("rms_norm", "add_rms_norm", "rotary", "silu_and_mul", "pack_linear",
+                                   "pack_greedy_head")})

@@ -48,7 +48,9 @@ def test_native_and_hf_shape(tmp_path):
     native = data["details"]["c2"]["native"]
     assert native["output_tokens"] == 2 * 4
     assert native["gemm"]["steps"] == 4  # the timed run only: one prefill step, three decode steps
-    assert 0 < native["gemm"]["lm_head_s"] < native["gemm"]["gemm_s"]
+    # every row is greedy: its token came from the greedy head, so no fp32 LM head time is counted
+    assert native["gemm"]["greedy_rows"] == 2 * 4
+    assert native["gemm"]["lm_head_s"] == 0 < native["gemm"]["gemm_s"]
     assert block["native_gemm_s"] == native["gemm"]["gemm_s"] and block["native_gemm_share"] > 0
     assert data["details"]["c2"]["hf"]["output_tokens"] == 2 * 4
     assert out.with_suffix(".png").stat().st_size > 0

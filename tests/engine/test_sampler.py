@@ -332,3 +332,43 @@ def test_draw_with_a_uniform_at_the_top_of_its_range_takes_the_last_weighted_tok
     real_rand = torch.rand
     monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.ones_like(real_rand(*a, **k)))
     assert int(draw(torch.tensor([0.2, 0.8, 0.0, 0.0]))) == 1
+
+
+class _Head:
+    """A step output over fixed logits that records which rows were asked for greedy tokens and which
+    for logits; its greedy tokens are deliberately not the argmax, so a row taking the wrong path
+    shows in the result."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits, self.greedy_rows, self.logit_rows = logits, [], []
+
+    def greedy_of(self, rows):
+        self.greedy_rows += rows
+        return torch.tensor([V - 1 - r for r in rows])
+
+    def logits_of(self, rows):
+        self.logit_rows += rows
+        return self.logits[torch.tensor(rows)]
+
+
+def test_sample_asks_for_greedy_tokens_only_where_the_plain_argmax_is_the_answer():
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, V, generator=g)
+
+    def requests():
+        return [_req(SamplingParams(temperature=0.0)),  # plain greedy
+                _req(SamplingParams(temperature=0.0, logprobs=2)),  # needs the logits for its logprobs
+                _req(SamplingParams(temperature=0.0, repetition_penalty=1.3)),  # penalties change the logits
+                _req(SamplingParams(temperature=0.0, min_tokens=4, max_tokens=8), eos=(3,)),  # EOS banned
+                _req(SamplingParams(temperature=0.8), seed=1),  # sampled
+                _req(SamplingParams(temperature=0.0, min_tokens=1, max_tokens=8), output=(7,), eos=(3,))]
+
+    rows = [5, 0, 1, 2, 3, 4]  # each request's row among the step's sampled rows
+    head = _Head(logits)
+    got = Sampler(V).sample(head, rows, requests())
+    assert sorted(head.greedy_rows) == [4, 5]  # the plain greedy request and the one past min_tokens
+    assert sorted(head.logit_rows) == [0, 1, 2, 3]
+    assert [t for t, _ in got][0] == V - 1 - 5 and [t for t, _ in got][5] == V - 1 - 4
+    ordered = Sampler(V)(logits[torch.tensor(rows[1:5])], requests()[1:5])
+    assert [t for t, _ in got[1:5]] == [t for t, _ in ordered]
+    assert got[1][1] is not None and got[0][1] is None

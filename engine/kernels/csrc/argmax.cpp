@@ -84,5 +84,5 @@ torch::Tensor argmax_rows(torch::Tensor x) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("argmax_rows", &argmax_rows, "first index of each row's maximum (CPU, fp32)");
+  m.def("argmax_rows", &argmax_rows, "first index of each row's maximum (CPU, fp32)", py::call_guard<py::gil_scoped_release>());
 }

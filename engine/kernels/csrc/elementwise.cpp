@@ -169,8 +169,8 @@ std::vector<torch::Tensor> rotary(torch::Tensor q, torch::Tensor k, torch::Tenso
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("rms_norm", &rms_norm, "RMSNorm of each row (CPU, fp32)");
-  m.def("add_rms_norm", &add_rms_norm, "residual add then RMSNorm (CPU, fp32)");
-  m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up (CPU, fp32)");
-  m.def("rotary", &rotary, "rotate-half rotary embedding of q and k (CPU, fp32)");
+  m.def("rms_norm", &rms_norm, "RMSNorm of each row (CPU, fp32)", py::call_guard<py::gil_scoped_release>());
+  m.def("add_rms_norm", &add_rms_norm, "residual add then RMSNorm (CPU, fp32)", py::call_guard<py::gil_scoped_release>());
+  m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up (CPU, fp32)", py::call_guard<py::gil_scoped_release>());
+  m.def("rotary", &rotary, "rotate-half rotary embedding of q and k (CPU, fp32)", py::call_guard<py::gil_scoped_release>());
 }

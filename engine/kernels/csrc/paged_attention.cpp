@@ -128,6 +128,6 @@ void write_kv_rows(torch::Tensor k, torch::Tensor v, torch::Tensor k_cache, torc
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("paged_attention_rows", &paged_attention_rows, "paged attention per query row (CPU, fp32)");
-  m.def("write_kv_rows", &write_kv_rows, "write this step's K/V rows into their cache slots (CPU, fp32)");
+  m.def("paged_attention_rows", &paged_attention_rows, "paged attention per query row (CPU, fp32)", py::call_guard<py::gil_scoped_release>());
+  m.def("write_kv_rows", &write_kv_rows, "write this step's K/V rows into their cache slots (CPU, fp32)", py::call_guard<py::gil_scoped_release>());
 }

@@ -156,5 +156,5 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor packed, std::optional<torch:
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("supported", &supported);
   m.def("pack", &pack);
-  m.def("linear", &linear, py::arg("x"), py::arg("packed"), py::arg("bias"), py::arg("n"));
+  m.def("linear", &linear, py::arg("x"), py::arg("packed"), py::arg("bias"), py::arg("n"), py::call_guard<py::gil_scoped_release>());
 }

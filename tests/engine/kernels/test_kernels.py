@@ -135,6 +135,32 @@ def _argmax_rows(width: int) -> torch.Tensor:
     return x
 
 
+def _greedy_head_cases() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, LM head weight [V, D], hidden states [R, D]) that test what the greedy head must get right:
+    a vocabulary and width that are not multiples of the kernel's 16 tokens and 4 features, a few
+    features far larger than the rest (as in real final hidden states), exact ties between duplicated
+    tokens, near-ties one rounding apart, non-finite rows, an all-zero row, and flat rows with more
+    candidates than the screen keeps."""
+    g = torch.Generator().manual_seed(3)
+    v, d = 1003, 90
+    w = torch.randn(v, d, generator=g) * 0.1
+    w[700] = w[5]  # duplicates: every row ties them exactly; the first must win
+    w[900] = w[37] * (1 + 2 ** -20)  # a near-tie
+    h = torch.randn(40, d, generator=g) * 2
+    h[:, 7] *= 30  # massive features
+    h[:, 60] *= -12
+    h[3] = w[5] * 50  # token 5 (and its duplicate) the best by far
+    h[4] = w[37] * 50  # 37 and its near-tie
+    h[5] = 0.0  # every logit 0, every token a candidate: token 0
+    h[6, 11] = float("nan")
+    h[7, 2] = float("inf")
+    cases = [("mixed", w, h), ("one row", w, h[3:4].clone())]
+    # tokens that differ by less than the int8 screen can tell: all of them candidates
+    big = torch.randn(1, 64, generator=g) + torch.randn(49152 + 5, 64, generator=g) * 1e-6
+    cases.append(("flat, over the candidate cap", big, torch.randn(3, 64, generator=g)))
+    return cases
+
+
 def _device_kernels():
     get_kernel("paged_attention", "cpu")  # loads the built-in kernel modules
     return [e for op in KERNELS.ops() for e in KERNELS.implementations(op) if e.device_type != REFERENCE]
@@ -198,6 +224,14 @@ def test_device_kernel_matches_reference(entry):
                     assert torch.equal(a, b), f"{rows} rows: rotary differs from the reference"
                 else:
                     torch.testing.assert_close(a, b, atol=2e-6, rtol=2e-6)
+    elif entry.op == "pack_greedy_head":
+        pack = get_kernel("pack_linear", entry.device_type)
+        for name, w, h in _greedy_head_cases():
+            head = pack(w.to(dev), None)
+            got = entry.fn(w.to(dev), head)(h.to(dev)).cpu()
+            want = ref(w.to(dev), head)(h.to(dev)).cpu()
+            assert torch.equal(got, want), f"{name}: greedy tokens differ from the argmax of the logits"
+            assert got.dtype == torch.int64
     elif entry.op == "argmax":
         for width in (1, 15, 16, 17, 100, 49152 + 3):
             x = _argmax_rows(width)
@@ -280,3 +314,29 @@ def test_panel_linear_rejects_input_of_the_wrong_width_or_dtype():
     with pytest.raises(ValueError, match="fp32"):
         lin(torch.randn(3, 24, dtype=torch.float64))
     assert lin(torch.randn(3, 24)).shape == (3, 40)
+
+
+def test_greedy_head_screen_settles_ordinary_rows_and_hands_back_the_rest():
+    """The int8 screen must decide ordinary rows itself (else it saves nothing) and hand back (-1) the rows
+    it cannot decide cheaply: non-finite hidden states and rows with more candidates than its cap."""
+    from engine.kernels import cpu_greedy_head
+
+    if not cpu_greedy_head.available():
+        pytest.skip("the AVX-512 VNNI greedy head cannot be built here")
+    (_, w, h), _, (_, big, flat) = _greedy_head_cases()
+    head = get_kernel("pack_linear", "cpu")(w, None)
+    module = cpu_greedy_head.GreedyHead(w, head)
+    ext = cpu_greedy_head._EXT.load()
+    raw = ext.greedy_tokens(h, module.packed, head.packed, w, module.stats, 8, 64)
+    handed_back = set((raw < 0).nonzero().flatten().tolist())
+    assert {6, 7} <= handed_back  # NaN, inf
+    assert 5 in handed_back  # all logits equal: over a cap of 64 candidates
+    assert len(handed_back) <= 4, f"the screen settled too few rows: {sorted(handed_back)}"
+    want = head(h).argmax(-1)
+    settled = [i for i in range(h.shape[0]) if i not in handed_back]
+    assert torch.equal(raw[settled], want[settled])
+    big_head = get_kernel("pack_linear", "cpu")(big, None)
+    big_module = cpu_greedy_head.GreedyHead(big, big_head)
+    raw = ext.greedy_tokens(flat, big_module.packed, big_head.packed, big, big_module.stats, 8,
+                            cpu_greedy_head.MAX_CANDIDATES)
+    assert bool((raw < 0).all()), "rows with every token a candidate must take the full head"
