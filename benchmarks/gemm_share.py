@@ -64,7 +64,7 @@ def gemm_seconds(model, steps: list[tuple[int, int, int]], passes: int = 3, prog
     weight = model.embed_tokens.weight
     qkv = [layer.self_attn.qkv_proj for layer in layers]
     rest = [(m, m.in_features) for layer in layers
-            for m in (layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj)]
+            for m in (layer.self_attn.o_proj, layer.mlp.gated, layer.mlp.down_proj)]
     inputs: dict[tuple[int, int], torch.Tensor] = {}
 
     def x(rows: int, width: int) -> torch.Tensor:

@@ -81,6 +81,33 @@ class PanelLinear(torch.nn.Module):
         return self._ext.linear(x, self.packed, self.bias, self.out_features)
 
 
+class GatedPanelLinear(torch.nn.Module):
+    """silu(x W_gate^T) * (x W_up^T) in one pass: the gate and up panels of the same outputs side by side,
+    the activation applied to the sums while they are still in registers (no [T, 2I] intermediate)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0] // 2
+        self._ext = _PANEL_EXT.load()
+        self.packed = self._ext.pack_gated(weight.detach().contiguous())  # [2 ceil(I/16), in, 16]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [T, in] fp32 -> [T, I]; any other shape or dtype raises ValueError (checked in the kernel)."""
+        return self._ext.gated_linear(x, self.packed, self.out_features)
+
+
+@register_kernel("pack_gated_linear", "cpu", available=panel_available, name="avx512_gated_panel_linear")
+def pack_gated_linear(weight: torch.Tensor, linear=None, activation=None) -> torch.nn.Module:
+    """weight: [2I, in] laid out [gate | up] -> a module computing silu(x W_gate^T) * (x W_up^T): [T, I].
+    fp32 only; other weights get the reference's composition of `linear` and `activation`."""
+    if weight.dtype != torch.float32 or weight.shape[0] % 2:
+        from engine.kernels import reference
+
+        return reference.pack_gated_linear(weight, linear or reference.pack_linear,
+                                           activation or reference.silu_and_mul)
+    return GatedPanelLinear(weight)
+
+
 # registered after oneDNN, so it is tried first
 @register_kernel("pack_linear", "cpu", available=panel_available, name="avx512_panel_linear")
 def pack_panel_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.nn.Module:

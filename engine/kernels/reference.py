@@ -130,6 +130,25 @@ def pack_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch
     return DenseLinear(weight, bias)
 
 
+class GatedLinear(torch.nn.Module):
+    """silu(gate) * up of one linear map whose output is laid out [gate | up]."""
+
+    def __init__(self, linear: torch.nn.Module, activation, in_features: int) -> None:
+        super().__init__()
+        self.linear, self.activation, self.in_features = linear, activation, in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [T, in] -> [T, I]."""
+        return self.activation(self.linear(x))
+
+
+@register_kernel("pack_gated_linear", REFERENCE)
+def pack_gated_linear(weight: torch.Tensor, linear=pack_linear, activation=silu_and_mul) -> torch.nn.Module:
+    """weight: [2I, in] laid out [gate | up] -> a module computing silu(x W_gate^T) * (x W_up^T): [T, I].
+    Composed of the given linear packer and activation (a device's own, where it has no fused kernel)."""
+    return GatedLinear(linear(weight, None), activation, weight.shape[1])
+
+
 class ArgmaxHead(torch.nn.Module):
     """Greedy tokens as the argmax of the LM head's full logits."""
 

@@ -60,9 +60,13 @@ class MLP(nn.Module):
         super().__init__()
         self.gate_up_proj = nn.Linear(arch.hidden_size, 2 * arch.intermediate_size, bias=False)
         self.down_proj = nn.Linear(arch.intermediate_size, arch.hidden_size, bias=False)
+        # set at load time from gate_up_proj: silu(gate) * up as one module (on x86 CPUs one GEMM whose
+        # epilogue applies the activation, so the [T, 2I] pre-activation is never written)
+        self.gated: nn.Module | None = None
 
-    def forward(self, x: torch.Tensor, ops: ModelOps) -> torch.Tensor:
-        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [T, hidden] -> [T, hidden]."""
+        return self.down_proj(self.gated(x))
 
 
 class DecoderLayer(nn.Module):
@@ -87,7 +91,7 @@ class DecoderLayer(nn.Module):
             residual = residual.index_select(0, rows)
         x, residual = ops.add_rms_norm(h, residual, self.post_attention_layernorm.weight,
                                        self.post_attention_layernorm.eps)
-        return self.mlp(x, ops), residual
+        return self.mlp(x), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -112,10 +116,14 @@ class LlamaForCausalLM(nn.Module):
         # since the embedding lookup needs the plain table.
         for layer in self.layers:
             for parent, name in ((layer.self_attn, "qkv_proj"), (layer.self_attn, "o_proj"),
-                                 (layer.mlp, "gate_up_proj"), (layer.mlp, "down_proj")):
+                                 (layer.mlp, "down_proj")):
                 lin = getattr(parent, name)
                 if isinstance(lin, nn.Linear):
                     setattr(parent, name, ops.pack_linear(lin.weight, lin.bias))
+            if isinstance(layer.mlp.gate_up_proj, nn.Linear):
+                layer.mlp.gated = ops.pack_gated_linear(layer.mlp.gate_up_proj.weight, ops.pack_linear,
+                                                        ops.silu_and_mul)
+                layer.mlp.gate_up_proj = None  # its weight lives on in the gated module only
         self.logits_proj = ops.pack_linear(self.lm_head_weight, None)
         self.greedy_head = ops.pack_greedy_head(self.lm_head_weight, self.logits_proj)
         self.rotary = RotaryTable(self.arch.head_dim, max_positions, self.arch.rope_theta,

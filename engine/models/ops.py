@@ -17,9 +17,11 @@ class ModelOps:
     silu_and_mul: Callable
     pack_linear: Callable  # (weight [out, in], bias) -> module; applied once at load time
     pack_greedy_head: Callable  # (lm head weight [V, D], logits module) -> module: hidden -> greedy ids
+    # (weight [2I, in] as [gate | up], pack_linear, silu_and_mul) -> module: x -> silu(gate) * up
+    pack_gated_linear: Callable
 
     @classmethod
     def for_device(cls, device_type: str, prefer_reference: bool = False) -> ModelOps:
         return cls(**{name: get_kernel(name, device_type, prefer_reference)
                       for name in ("rms_norm", "add_rms_norm", "rotary", "silu_and_mul", "pack_linear",
-                                   "pack_greedy_head")})
+                                   "pack_greedy_head", "pack_gated_linear")})

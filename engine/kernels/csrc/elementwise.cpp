@@ -21,6 +21,8 @@
 
 #pragma GCC optimize("fp-contract=off")
 
+#include "activation.h"  // silu_mul8, under fp-contract off
+
 namespace {
 
 // rows of at most this many elements in total run on one thread: below it, waking the pool costs more
@@ -45,19 +47,11 @@ void rms_row(const float* x, const float* w, float eps, int64_t n, float* out) {
 }
 
 
-// out[j] = silu(g[j]) * u[j], silu(g) = g / (1 + e^-g), with e^-|g| so the exp never overflows
+// out[j] = silu(g[j]) * u[j]
 void silu_mul_row(const float* g, const float* u, int64_t n, float* out) {
   int64_t j = 0;
 #ifdef TESSERA_EW_AVX2
-  const __m256 one = _mm256_set1_ps(1.f), sign = _mm256_set1_ps(-0.f);
-  for (; j + 8 <= n; j += 8) {
-    const __m256 x = _mm256_loadu_ps(g + j);
-    const __m256 e = exp_nonpositive8(_mm256_or_ps(x, sign));  // e^-|x|
-    // x >= 0: x / (1 + e^-x); x < 0: x e^x / (1 + e^x)
-    const __m256 num = _mm256_blendv_ps(x, _mm256_mul_ps(x, e), x);
-    const __m256 s = _mm256_div_ps(num, _mm256_add_ps(one, e));
-    _mm256_storeu_ps(out + j, _mm256_mul_ps(s, _mm256_loadu_ps(u + j)));
-  }
+  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(out + j, silu_mul8(_mm256_loadu_ps(g + j), _mm256_loadu_ps(u + j)));
 #endif
   for (; j < n; ++j) {
     const float x = g[j];

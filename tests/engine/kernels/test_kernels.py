@@ -195,6 +195,14 @@ def test_device_kernel_matches_reference(entry):
         for rows in (1, 2, 17, 130):
             x = torch.randn(rows, 96, generator=g)
             torch.testing.assert_close(got_mod(x.to(dev)).cpu(), want_mod(x), atol=1e-4, rtol=1e-5)
+    elif entry.op == "pack_gated_linear":
+        g = torch.Generator().manual_seed(0)
+        for inter, width in ((40, 96), (37, 50)):  # 37: a last panel of 5 outputs
+            w = torch.randn(2 * inter, width, generator=g) * 0.2
+            got_mod, want_mod = entry.fn(w.to(dev)), ref(w)
+            for rows in (1, 5, 6, 7, 64):
+                x = torch.randn(rows, width, generator=g) * 2
+                torch.testing.assert_close(got_mod(x.to(dev)).cpu(), want_mod(x), atol=1e-4, rtol=1e-5)
     elif entry.op == "kivi_decode_attention":
         for (kb, vb), (kvh, h, bs, vgroup) in itertools.product(((8, 8), (4, 4), (4, 2), (2, 8)), KIVI_SHAPES):
             args = _kivi_case(kb, vb, kvh=kvh, h=h, bs=bs, vgroup=vgroup)
@@ -240,13 +248,30 @@ def test_device_kernel_matches_reference(entry):
         pytest.fail(f"no comparison written for op {entry.op!r}: add one")
 
 
-@pytest.mark.parametrize("entry", [e for e in KERNELS.implementations("pack_linear") if e.device_type == "cpu"],
+def test_gated_panel_linear_is_the_panel_linear_then_the_elementwise_activation_bit_for_bit():
+    """The fused gated GEMM only moves the activation into the GEMM's epilogue: the same FMA chains and
+    the same activation code, so the MLP's values do not change with the fusion."""
+    from engine.kernels import cpu_elementwise, cpu_linear
+
+    if not (cpu_linear.panel_available() and cpu_elementwise.available()):
+        pytest.skip("the AVX-512 panel kernels cannot be built here")
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(2 * 96, 80, generator=g) * 0.1
+    fused, plain = cpu_linear.pack_gated_linear(w), cpu_linear.pack_panel_linear(w, None)
+    for rows in (1, 6, 13, 64):
+        x = torch.randn(rows, 80, generator=g) * 3
+        assert torch.equal(fused(x), cpu_elementwise.silu_and_mul(plain(x))), f"{rows} rows"
+
+
+@pytest.mark.parametrize("entry", [e for e in KERNELS.implementations("pack_linear")
+                                   + KERNELS.implementations("pack_gated_linear") if e.device_type == "cpu"],
                          ids=lambda e: e.name)
 def test_cpu_linear_rows_do_not_depend_on_batch_size(entry):
     if not entry.available():
         pytest.skip(f"{entry.name} not available here")
     g = torch.Generator().manual_seed(1)
-    lin = entry.fn(torch.randn(256, 1536, generator=g) * 0.05, None)
+    w = torch.randn(256, 1536, generator=g) * 0.05
+    lin = entry.fn(w) if entry.op == "pack_gated_linear" else entry.fn(w, None)
     x = torch.randn(70, 1536, generator=g)
     alone = torch.cat([lin(x[i:i + 1]) for i in range(x.shape[0])])
     for rows in (2, 5, 64, 70):
