@@ -116,6 +116,27 @@ void screen_tile(const Shared& s, int64_t r0, int64_t p, float* lb, Records& out
       for (int t = 0; t < T; ++t) dpbusd_bcast(acc[r][t], w[t], q0 + r * D4 * 4 + k * 4);
     }
   }
+  // the screened logits: the int8 part scaled, then the fp32 features, one FMA each for every (row,
+  // panel) the way the panel GEMM's micro-kernel runs (each weight vector loaded once for all rows)
+  __m512 a[MR][T];
+#pragma GCC unroll 3
+  for (int t = 0; t < T; ++t) {
+    const __m512 sw = _mm512_loadu_ps(s.stats + kScale * s.ntok + (p + t) * kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r)
+      a[r][t] = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[r][t]), sw), _mm512_set1_ps(s.rows[r0 + r].scale));
+  }
+  for (int64_t o = 0; o < s.n_out; ++o) {
+    __m512 w[T];
+#pragma GCC unroll 3
+    for (int t = 0; t < T; ++t) w[t] = _mm512_loadu_ps(s.wf + ((p + t) * s.D + s.outl[o]) * kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 h = _mm512_set1_ps(s.hout[(r0 + r) * s.n_out + o]);
+#pragma GCC unroll 3
+      for (int t = 0; t < T; ++t) a[r][t] = _mm512_fmadd_ps(h, w[t], a[r][t]);
+    }
+  }
   const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   __m512 lbv[MR];
 #pragma GCC unroll 8
@@ -124,21 +145,15 @@ void screen_tile(const Shared& s, int64_t r0, int64_t p, float* lb, Records& out
   for (int t = 0; t < T; ++t) {
     const int64_t tok0 = (p + t) * kLanes;
     const float* st = s.stats + tok0;
-    const __m512 sw = _mm512_loadu_ps(st + kScale * s.ntok);
     const __m512 l2w = _mm512_loadu_ps(st + kL2 * s.ntok), e2w = _mm512_loadu_ps(st + kErr2 * s.ntok);
     const int64_t valid = std::min<int64_t>(kLanes, s.V - tok0);
     const __mmask16 live = valid >= kLanes ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << valid) - 1u);
-    const float* wf = s.wf + (p + t) * s.D * kLanes;
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const RowStats& rs = s.rows[r0 + r];
-      __m512 a = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[r][t]), sw), _mm512_set1_ps(rs.scale));
-      const float* ho = s.hout + (r0 + r) * s.n_out;
-      for (int64_t o = 0; o < s.n_out; ++o)
-        a = _mm512_fmadd_ps(_mm512_set1_ps(ho[o]), _mm512_loadu_ps(wf + s.outl[o] * kLanes), a);
       const __m512 m = _mm512_fmadd_ps(_mm512_set1_ps(rs.beta), e2w, _mm512_mul_ps(_mm512_set1_ps(rs.alpha), l2w));
-      const __m512 lo = _mm512_mask_sub_ps(ninf, live, a, m);
-      const __m512 hi = _mm512_mask_add_ps(ninf, live, a, m);
+      const __m512 lo = _mm512_mask_sub_ps(ninf, live, a[r][t], m);
+      const __m512 hi = _mm512_mask_add_ps(ninf, live, a[r][t], m);
       lbv[r] = _mm512_max_ps(lbv[r], lo);
       if (_mm512_cmp_ps_mask(hi, _mm512_set1_ps(lb[r0 + r]), _CMP_GE_OQ)) {
         Record& rec = out.buf[out.n++];
