@@ -14,6 +14,7 @@ from engine.kernels.cpp_extension import CppExtension, fp32_heads
 from engine.kernels.registry import register_kernel
 
 _EXT = CppExtension("tessera_cpu_attention", "paged_attention.cpp")
+_HEAD_MAJOR = CppExtension("tessera_cpu_head_major_attention", "head_major_attention.cpp")
 
 
 def load_extension():
@@ -72,3 +73,38 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
         reference.write_kv(k, v, k_cache, v_cache, slot_mapping)
         return
     _EXT.load().write_kv_rows(k, v, k_cache, v_cache, slot_mapping)
+
+
+def head_major_available() -> bool:
+    return _HEAD_MAJOR.available()
+
+
+def head_major_supported(block_size: int, head_dim: int, dtype: torch.dtype) -> bool:
+    """Whether the head-major kernels serve a cache of this shape and dtype (fp32, block size and head dim
+    multiples of 16, head dim up to 128)."""
+    ext = _HEAD_MAJOR.load()
+    return ext is not None and dtype == torch.float32 and bool(ext.supported(block_size, head_dim))
+
+
+@register_kernel("paged_attention_head_major", "cpu", available=head_major_available,
+                 name="cpu_head_major_paged_attention")
+def paged_attention_head_major(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                               v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """Same contract as the reference (q: [T, H, D], keys [NB, KVH, D, bs], values [NB, KVH, bs, D]; the
+    decode rows' K/V are written here, the other rows' already are); what the kernel does not take goes to
+    the reference."""
+    if not (fp32_heads(q, k, v) and head_major_supported(k_cache.shape[3], k_cache.shape[2], k_cache.dtype)):
+        return reference.paged_attention_head_major(q, k, v, k_cache, v_cache, meta, scale)
+    tables, seq_of, ctx_of = _rows(meta, q.device)
+    return _HEAD_MAJOR.load().paged_attention_rows(q, k, v, k_cache, v_cache, tables, seq_of, ctx_of,
+                                                   meta.num_decode_tokens, scale)
+
+
+@register_kernel("write_kv_head_major", "cpu", available=head_major_available, name="cpu_head_major_write_kv")
+def write_kv_head_major(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                        slot_mapping: torch.Tensor) -> None:
+    """Same contract as the reference (k, v: [T, KVH, D]; keys [NB, KVH, D, bs], values [NB, KVH, bs, D])."""
+    if not (fp32_heads(k, v) and head_major_supported(k_cache.shape[3], k_cache.shape[2], k_cache.dtype)):
+        reference.write_kv_head_major(k, v, k_cache, v_cache, slot_mapping)
+        return
+    _HEAD_MAJOR.load().write_kv_rows(k, v, k_cache, v_cache, slot_mapping)

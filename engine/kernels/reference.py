@@ -62,6 +62,37 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     v_cache.view(-1, kvh, d).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
 
 
+def head_major_views(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head-major caches (keys [NB, KVH, D, bs], values [NB, KVH, bs, D]) as token-major views
+    [NB, bs, KVH, D] of the same memory."""
+    return k_cache.permute(0, 3, 1, 2), v_cache.permute(0, 2, 1, 3)
+
+
+@register_kernel("write_kv_head_major", REFERENCE)
+def write_kv_head_major(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                        slot_mapping: torch.Tensor) -> None:
+    """k, v: [T, KVH, D]; k_cache: [NB, KVH, D, bs], v_cache: [NB, KVH, bs, D]; slot_mapping: [T]."""
+    kt, vt = head_major_views(k_cache, v_cache)
+    bs = kt.shape[1]
+    blocks, offsets = slot_mapping // bs, slot_mapping % bs
+    kt[blocks, offsets] = k.to(k_cache.dtype)
+    vt[blocks, offsets] = v.to(v_cache.dtype)
+
+
+@register_kernel("paged_attention_head_major", REFERENCE)
+def paged_attention_head_major(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                               v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """paged_attention over head-major caches (keys [NB, KVH, D, bs], values [NB, KVH, bs, D]). Unlike the
+    token-major op, the decode rows' (the first meta.num_decode_tokens rows') K/V are written here, not
+    before: a device kernel writes each where it reads that block anyway. The other rows' K/V must
+    already be in the cache (write_kv_head_major)."""
+    nd = meta.num_decode_tokens
+    if nd:
+        write_kv_head_major(k[:nd], v[:nd], k_cache, v_cache, meta.slot_mapping[:nd])
+    kt, vt = head_major_views(k_cache, v_cache)
+    return paged_attention(q, k, v, kt, vt, meta, scale)
+
+
 def _gather(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
     """cache: [NB, bs, KVH, D], block_table: [nb] -> [length, KVH, D]."""
     return cache.index_select(0, block_table).reshape(-1, *cache.shape[2:])[:length]

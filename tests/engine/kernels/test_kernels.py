@@ -67,6 +67,15 @@ def test_reference_paged_attention_matches_plain_attention():
         start += qlen
 
 
+def _head_major(kc: torch.Tensor, vc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-major caches [NB, bs, KVH, D] as the engine's head-major pair: views of one
+    [NB, KVH, 2, D * bs] tensor, keys [NB, KVH, D, bs] and values [NB, KVH, bs, D]."""
+    nb, bs, kvh, d = kc.shape
+    cache = torch.stack([kc.permute(0, 2, 3, 1).reshape(nb, kvh, d * bs),
+                         vc.permute(0, 2, 1, 3).reshape(nb, kvh, d * bs)], 2).contiguous()
+    return cache[:, :, 0].view(nb, kvh, d, bs), cache[:, :, 1].view(nb, kvh, bs, d)
+
+
 def _kivi_case(kbits, vbits, ctx_lens=(1, 17, 40, 130), num_blocks=40, seed=0, kvh=KVH, h=H, bs=BS, vgroup=16):
     """Arguments of kivi_decode_attention: quantized random K/V pages, some blocks staged in full
     precision, decode rows over random block tables."""
@@ -195,6 +204,32 @@ def test_device_kernel_matches_reference(entry):
         for rows in (1, 2, 17, 130):
             x = torch.randn(rows, 96, generator=g)
             torch.testing.assert_close(got_mod(x.to(dev)).cpu(), want_mod(x), atol=1e-4, rtol=1e-5)
+    elif entry.op == "paged_attention_head_major":
+        q, k, v, kc, vc, meta, _ = _paged_case()
+        want_k, want_v = _head_major(kc, vc)
+        want = ref(q, k, v, want_k, want_v, meta, D ** -0.5)
+        # the decode rows' own K/V are not in the cache yet: the op writes them
+        nd = meta.num_decode_tokens
+        blank_k, blank_v = kc.clone(), vc.clone()
+        blank_k.view(-1, KVH, D)[meta.slot_mapping[:nd]] = float("nan")
+        blank_v.view(-1, KVH, D)[meta.slot_mapping[:nd]] = float("nan")
+        got_k, got_v = _head_major(blank_k, blank_v)
+        got = entry.fn(q, k, v, got_k, got_v, meta, D ** -0.5)
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+        assert torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
+    elif entry.op == "write_kv_head_major":
+        g = torch.Generator().manual_seed(0)
+        kv = torch.randn(40, (H + 2 * KVH) * D, generator=g)  # strided rows, as the model passes them
+        k, v = kv[:, H * D:(H + KVH) * D].view(40, KVH, D), kv[:, (H + KVH) * D:].view(40, KVH, D)
+        # a prefill chunk over a block boundary, lone decode slots, a run starting mid-block
+        slots = torch.tensor(list(range(3 * BS + 5, 3 * BS + 35)) + [2, 9 * BS, 7 * BS + 15] + list(range(5 * BS + 9, 5 * BS + 16)))
+        base = [torch.randn(12, BS, KVH, D, generator=g) for _ in range(2)]
+        got, want = _head_major(*base), _head_major(*base)
+        entry.fn(k, v, *got, slots)
+        ref(k, v, *want, slots)
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+        with pytest.raises(RuntimeError, match="slot out of range"):
+            entry.fn(k[:2], v[:2], *got, torch.tensor([0, 12 * BS]))
     elif entry.op == "pack_gated_linear":
         g = torch.Generator().manual_seed(0)
         for inter, width in ((40, 96), (37, 50)):  # 37: a last panel of 5 outputs
@@ -308,6 +343,45 @@ def test_cpu_attention_rows_do_not_depend_on_chunking():
     assert torch.equal(torch.cat([run(0, 20, False), run(20, ctx, False)]), whole)
     assert torch.equal(run(0, ctx, True), whole)
     assert nb == table.shape[0]
+
+
+def test_head_major_attention_rows_do_not_depend_on_chunking_or_batching():
+    """Head-major cache: a sequence prefilled in one span, in two chunks, or token by token as decode
+    rows (each writing its own K/V) gives bit-identical outputs and the same cache."""
+    entry = next(e for e in KERNELS.implementations("paged_attention_head_major") if e.device_type == "cpu")
+    write = next(e for e in KERNELS.implementations("write_kv_head_major") if e.device_type == "cpu")
+    if not entry.available():
+        pytest.skip("CPU head-major attention cannot be built here")
+    g = torch.Generator().manual_seed(2)
+    ctx = 45
+    table = torch.tensor([5, 1, 6])
+    q = torch.randn(ctx, H, D, generator=g)
+    k, v = torch.randn(ctx, KVH, D, generator=g), torch.randn(ctx, KVH, D, generator=g)
+    slots = torch.tensor([int(table[p // BS]) * BS + p % BS for p in range(ctx)])
+
+    def run(first, last, decode, caches):
+        if decode:  # one decode row per position, as if every position were its own sequence
+            meta = AttentionMetadata(BS, slots[first:last], num_decode_tokens=last - first,
+                                     decode_block_tables=table.repeat(last - first, 1),
+                                     decode_context_lens=torch.arange(first + 1, last + 1),
+                                     decode_max_context=last)
+        else:
+            meta = AttentionMetadata(BS, slots[first:last], prefills=[PrefillSpan(0, last - first, last,
+                                                                                   table[:-(-last // BS)])])
+            write.fn(k[first:last], v[first:last], *caches, slots[first:last])
+        return entry.fn(q[first:last], k[first:last], v[first:last], *caches, meta, D ** -0.5)
+
+    def fresh():
+        return _head_major(torch.zeros(8, BS, KVH, D), torch.zeros(8, BS, KVH, D))
+
+    whole_cache = fresh()
+    whole = run(0, ctx, False, whole_cache)
+    chunked_cache = fresh()
+    assert torch.equal(torch.cat([run(0, 20, False, chunked_cache), run(20, ctx, False, chunked_cache)]), whole)
+    decoded_cache = fresh()
+    assert torch.equal(torch.cat([run(p, p + 1, True, decoded_cache) for p in range(ctx)]), whole)
+    assert all(torch.equal(a, b) for a, b in zip(decoded_cache, whole_cache, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(chunked_cache, whole_cache, strict=True))
 
 
 @pytest.mark.parametrize("op", sorted(ELEMENTWISE_CASES))
