@@ -34,7 +34,7 @@ serve: setup model
 	$(BIN)/tessera serve $(SERVE_ARGS)
 
 bench: setup model
-	$(BIN)/tessera bench throughput --backends native,vllm,hf --concurrency 16,64 \
+	$(BIN)/tessera bench throughput --backends native,vllm,hf --concurrency 16,64 --repeats 3 \
 		--json benchmarks/results/throughput-cpu.json $(BENCH_ARGS)
 	$(BIN)/tessera bench prefix --json benchmarks/results/prefix-cpu.json
 

@@ -4,7 +4,9 @@ N requests of exactly --input-len random token ids (special tokens excluded; gen
 and shared by every backend), greedy, exactly --output-len new tokens each (EOS ignored), at most
 --concurrency sequences at once. Only generation is timed; model load and a short warmup (on other
 prompts, so no prefix cache can help the timed run) are not. vLLM and HF run as subprocesses
-(benchmarks/baselines/); native runs in this process. In the same run, a matmul ceiling is measured
+(benchmarks/baselines/); native runs in this process. With --repeats R every backend runs R times, the
+backends taking turns, and each backend's median run is the headline (all runs are in the details): on
+a shared machine one run of a backend can be a tenth off its next. In the same run, a matmul ceiling is measured
 (benchmarks/matmul_ceiling.py): the time of one pass over every weight matrix of the model (lm_head
 included) on a [concurrency, hidden] input, with torch's F.linear and with the engine's linear kernel, the
 faster of the two being the ceiling: an upper bound on decode tokens/s that ignores attention and all
@@ -59,6 +61,9 @@ def register(subparsers) -> None:
     p.add_argument("--vllm-python", default=str(DEFAULT_VLLM_PYTHON), help="interpreter of the vLLM venv")
     p.add_argument("--timeout", type=float, default=3600, help="seconds allowed per subprocess baseline run")
     p.add_argument("--json", default=None, help="output JSON (PNG next to it); default benchmarks/results/")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="timed runs per backend, the backends taking turns (native, vllm, hf, native, ...); "
+                        "the headline figures are each backend's median run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     p.set_defaults(func=run)
@@ -245,24 +250,35 @@ def prepare_backends(args) -> list[str] | int:
 
 
 def run_concurrency(args, ctx: dict, backends: list[str], c: int, prompts, warmup) -> tuple[dict, dict]:
-    """Every backend on the first N prompts at concurrency c: (results block, details)."""
+    """Every backend on the first N prompts at concurrency c, --repeats times, the backends taking turns so
+    that a drift in the machine's speed reaches them alike: (results block of median runs, details)."""
     n = args.num_requests or c
     prompts_file = ctx["tmp"] / f"prompts-c{c}.json"
     prompts_file.write_text(json.dumps({"prompts": prompts[:n], "warmup_prompts": warmup}))
-    block, det, tokens = {}, {}, {}
-    for backend in backends:
-        print(f"[throughput] c={c} backend={backend}: {n} requests x {args.input_len}+{args.output_len} "
-              "tokens", file=sys.stderr, flush=True)
-        load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-        if backend == "native":
-            res, tokens[backend] = run_native(args, ctx, prompts[:n], warmup, c)
-        else:
-            res, tokens[backend] = run_baseline(backend, args, ctx, c, prompts_file, ctx["tmp"])
-        block[backend] = {k: res[k] for k in ("output_tok_s", "total_tok_s", "elapsed_s")}
-        det[backend] = {k: v for k, v in res.items() if k not in block[backend]}
-        det[backend]["load_avg_1m_before"] = load_before  # other work on the machine skews timings
-        print(f"[throughput] c={c} {backend}: {res['output_tok_s']:.1f} output tok/s, "
-              f"{res['total_tok_s']:.1f} total tok/s, {res['elapsed_s']:.2f} s", file=sys.stderr)
+    runs: dict[str, list[dict]] = {b: [] for b in backends}
+    tokens: dict[str, list[list[int]]] = {}
+    for rep in range(args.repeats):
+        for backend in backends:
+            print(f"[throughput] c={c} backend={backend}: {n} requests x {args.input_len}+{args.output_len} "
+                  f"tokens" + (f" (run {rep + 1} of {args.repeats})" if args.repeats > 1 else ""),
+                  file=sys.stderr, flush=True)
+            load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+            if backend == "native":
+                res, toks = run_native(args, ctx, prompts[:n], warmup, c)
+            else:
+                res, toks = run_baseline(backend, args, ctx, c, prompts_file, ctx["tmp"])
+            res["load_avg_1m_before"] = load_before  # other work on the machine skews timings
+            runs[backend].append(res)
+            tokens.setdefault(backend, toks)
+            print(f"[throughput] c={c} {backend}: {res['output_tok_s']:.1f} output tok/s, "
+                  f"{res['total_tok_s']:.1f} total tok/s, {res['elapsed_s']:.2f} s", file=sys.stderr)
+    block, det = {}, {}
+    for backend, results in runs.items():
+        median = sorted(results, key=lambda r: r["elapsed_s"])[(len(results) - 1) // 2]
+        block[backend] = {k: median[k] for k in ("output_tok_s", "total_tok_s", "elapsed_s")}
+        det[backend] = {k: v for k, v in median.items() if k not in block[backend]}
+        if len(results) > 1:
+            det[backend]["runs_output_tok_s"] = [r["output_tok_s"] for r in results]
     # Same prompts, greedy: identical weights should give (nearly) identical tokens in every backend.
     ref = "native" if "native" in tokens else backends[0]
     det["greedy_match_vs_" + ref] = None if ctx["random_weights"] else {
@@ -275,7 +291,7 @@ def run(args) -> int:
     from engine.loader.tokenizer import Tokenizer
 
     concurrencies = parse_int_list(args.concurrency, "--concurrency")
-    for name in ("input_len", "output_len", "max_num_batched_tokens"):
+    for name in ("input_len", "output_len", "max_num_batched_tokens", "repeats"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     if args.num_requests is not None and args.num_requests < 1:
@@ -298,7 +314,9 @@ def run(args) -> int:
                 "backends": backends, "seed": args.seed, "sampling": "greedy, ignore_eos, min_tokens=max_tokens",
                 "prompts": "uniform random token ids, special tokens excluded, shared by all backends",
                 "max_num_batched_tokens_native": args.max_num_batched_tokens,
-                "timing": "generation only (model load and warmup excluded)"}
+                "repeats": args.repeats,
+                "timing": "generation only (model load and warmup excluded); with repeats, the backends take "
+                          "turns and each backend's median run is reported"}
 
     details: dict = {}
     results: dict = {}

@@ -56,6 +56,26 @@ def test_native_and_hf_shape(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 0
 
 
+def test_repeats_take_turns_and_report_each_backends_median_run(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    out = tmp_path / "tp.json"
+    rc = main(["bench", "throughput", "--model", "synthetic:tiny", *TINY, "--backends", "native,hf",
+               "--repeats", "3", "--json", str(out)])
+    assert rc == 0
+    order = [line.split("backend=")[1].split(":")[0] for line in capsys.readouterr().err.splitlines()
+             if "backend=" in line]
+    assert order == ["native", "hf"] * 3
+    data = json.loads(out.read_text())
+    for backend in ("native", "hf"):
+        runs = data["details"]["c2"][backend]["runs_output_tok_s"]
+        assert len(runs) == 3
+        assert data["results"]["c2"]["backends"][backend]["output_tok_s"] == sorted(runs)[1]
+    assert data["workload"]["repeats"] == 3
+    assert main(["bench", "throughput", "--model", "synthetic:tiny", *TINY, "--backends", "native",
+                 "--repeats", "0"]) == 2
+    assert "--repeats must be >= 1" in capsys.readouterr().err
+
+
 def test_explicit_vllm_without_venv_fails_clearly(tmp_path, capsys):
     rc = main(["bench", "throughput", "--model", "synthetic:tiny", *TINY, "--backends", "vllm",
                "--vllm-python", str(tmp_path / "missing" / "python"), "--json", str(tmp_path / "x.json")])
