@@ -59,6 +59,8 @@ def register(subparsers) -> None:
                         "vLLM venv is then skipped instead of failing)")
     p.add_argument("--max-num-batched-tokens", type=int, default=512, help="native per-step token budget")
     p.add_argument("--vllm-python", default=str(DEFAULT_VLLM_PYTHON), help="interpreter of the vLLM venv")
+    p.add_argument("--vllm-eager", action="store_true",
+                   help="run vLLM with enforce_eager instead of its default torch.compile (slower on CPU)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds allowed per subprocess baseline run")
     p.add_argument("--json", default=None, help="output JSON (PNG next to it); default benchmarks/results/")
     p.add_argument("--repeats", type=int, default=1,
@@ -181,6 +183,8 @@ def run_baseline(kind: str, args, ctx: dict, concurrency: int, prompts_file: Pat
                str(concurrency), *common]
         if random_weights:
             cmd += ["--load-format", "dummy"]
+        if args.vllm_eager:
+            cmd.append("--eager")
     else:
         cmd = [sys.executable, str(BASELINES_DIR / "hf_offline.py"), "--batch-size", str(concurrency),
                *common]
@@ -315,6 +319,7 @@ def run(args) -> int:
                 "prompts": "uniform random token ids, special tokens excluded, shared by all backends",
                 "max_num_batched_tokens_native": args.max_num_batched_tokens,
                 "repeats": args.repeats,
+                "vllm_execution": "enforce_eager" if args.vllm_eager else "torch.compile (vLLM's default)",
                 "timing": "generation only (model load and warmup excluded); with repeats, the backends take "
                           "turns and each backend's median run is reported"}
 

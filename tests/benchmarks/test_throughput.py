@@ -136,9 +136,30 @@ def test_greedy_match():
 def test_vllm_baseline(tmp_path, default_model_dir):
     # synthetic:tiny's head_dim (16) is below what vLLM's CPU attention supports: use the real model.
     out = tmp_path / "tp.json"
-    rc = main(["bench", "throughput", "--model", "smollm2-135m-instruct", *TINY, "--backends", "vllm",
+    rc = main(["bench", "throughput", "--model", "smollm2-135m-instruct", *TINY, "--backends", "vllm", "--vllm-eager",
                "--json", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
     _check_block(data["results"]["c2"], ["vllm"])
     assert data["details"]["c2"]["vllm"]["output_tokens"] == 2 * 4
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_vllm_baseline_runs_vllms_default_compiled_mode_unless_eager(tmp_path, monkeypatch, eager):
+    # vLLM's default (torch.compile) is the faster of its two modes on CPU, so it is what native is
+    # compared against; --vllm-eager is the opt-out
+    seen = []
+
+    def fake_run(cmd, **kwargs):
+        seen.append(cmd)
+        result = {"backend": "vllm", "elapsed_s": 1.0, "output_tokens": 4, "input_tokens": 8,
+                  "output_tok_s": 4.0, "total_tok_s": 12.0}
+        return argparse.Namespace(stdout="TESSERA_RESULT " + json.dumps(result), returncode=0)
+
+    monkeypatch.setattr(throughput.subprocess, "run", fake_run)
+    args = argparse.Namespace(vllm_python="python", output_len=4, dtype="float32", seed=0, progress=False,
+                              timeout=10, vllm_eager=eager)
+    ctx = {"hf_dir": tmp_path, "random_weights": False}
+    result, _ = throughput.run_baseline("vllm", args, ctx, 2, tmp_path / "p.json", tmp_path)
+    assert result["output_tok_s"] == 4.0
+    assert ("--eager" in seen[0]) is eager
