@@ -96,7 +96,7 @@ class Sampler:
         if plain:
             for i, t in zip(plain, head.greedy_of([rows[i] for i in plain]).tolist(), strict=True):
                 out[i] = (t, None)
-        rest = [i for i, r in enumerate(requests) if not r.argmax_only] if len(plain) < len(requests) else []
+        rest = [i for i, r in enumerate(requests) if not r.argmax_only]
         if rest:
             sampled = self(head.logits_of([rows[i] for i in rest]), [requests[i] for i in rest])
             for i, res in zip(rest, sampled, strict=True):

@@ -31,6 +31,8 @@
 #include <mutex>
 #include <vector>
 
+#include "tile_prefetch.h"
+
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define TESSERA_GREEDY_VNNI 1
@@ -41,8 +43,6 @@ namespace {
 constexpr int64_t kLanes = 16;
 constexpr int kPanelsPerTile = 3;
 constexpr int kRowsPerTile = 8;
-// up to this many rows the screen prefetches its next tile of weights (as panel_linear.cpp's GEMMs do)
-constexpr int64_t kPrefetchRows = 16;
 // token statistics, one row of P*16 floats each (see pack in engine/kernels/cpu_greedy_head.py)
 enum Stat { kScale = 0, kL2, kErr2, kNumStats };
 
@@ -96,9 +96,9 @@ struct Records {
   int64_t n;
 };
 
-// pf_lines cache lines from pf (the thread's next tile of weights) are prefetched into L2 meanwhile
+// meanwhile `pf` fetches the thread's next tile of weights (tile_prefetch.h)
 template <int MR, int T>
-void screen_tile(const Shared& s, int64_t r0, int64_t p, float* lb, Records& out, const char* pf, int64_t pf_lines) {
+void screen_tile(const Shared& s, int64_t r0, int64_t p, float* lb, Records& out, PrefetchSpread pf) {
   __m512i acc[MR][T];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
@@ -109,13 +109,7 @@ void screen_tile(const Shared& s, int64_t r0, int64_t p, float* lb, Records& out
   const uint8_t* w0 = s.wq + p * s.D4 * 64;
   const int8_t* q0 = s.qh + r0 * s.D4 * 4;
   const int64_t D4 = s.D4;
-  const int64_t pf_step = pf_lines > 0 ? (pf_lines << 16) / D4 : 0;  // lines per k, 16.16 fixed point
-  int64_t pf_pos = 0, pf_done = 0;
-  for (int64_t k = 0; k < D4; ++k) {
-    if (pf_step) {
-      pf_pos += pf_step;
-      for (const int64_t until = pf_pos >> 16; pf_done < until; ++pf_done) _mm_prefetch(pf + 64 * pf_done, _MM_HINT_T1);
-    }
+  for_each_k(D4, pf, [&](int64_t k) __attribute__((always_inline)) {
     __m512i w[T];
 #pragma GCC unroll 3
     for (int t = 0; t < T; ++t) w[t] = _mm512_loadu_si512(w0 + (t * D4 + k) * 64);
@@ -124,8 +118,7 @@ void screen_tile(const Shared& s, int64_t r0, int64_t p, float* lb, Records& out
 #pragma GCC unroll 3
       for (int t = 0; t < T; ++t) dpbusd_bcast(acc[r][t], w[t], q0 + r * D4 * 4 + k * 4);
     }
-  }
-  for (; pf_done < pf_lines; ++pf_done) _mm_prefetch(pf + 64 * pf_done, _MM_HINT_T1);
+  });
   // the screened logits: the int8 part scaled, then the fp32 features, one FMA each for every (row,
   // panel) the way the panel GEMM's micro-kernel runs (each weight vector loaded once for all rows)
   __m512 a[MR][T];
@@ -180,17 +173,16 @@ void screen_tile(const Shared& s, int64_t r0, int64_t p, float* lb, Records& out
 }
 
 template <int T>
-void screen_rows(const Shared& s, int mr, int64_t r0, int64_t p, float* lb, Records& out, const char* pf = nullptr,
-                 int64_t pf_lines = 0) {
+void screen_rows(const Shared& s, int mr, int64_t r0, int64_t p, float* lb, Records& out, PrefetchSpread pf = {}) {
   switch (mr) {
-    case 1: screen_tile<1, T>(s, r0, p, lb, out, pf, pf_lines); break;
-    case 2: screen_tile<2, T>(s, r0, p, lb, out, pf, pf_lines); break;
-    case 3: screen_tile<3, T>(s, r0, p, lb, out, pf, pf_lines); break;
-    case 4: screen_tile<4, T>(s, r0, p, lb, out, pf, pf_lines); break;
-    case 5: screen_tile<5, T>(s, r0, p, lb, out, pf, pf_lines); break;
-    case 6: screen_tile<6, T>(s, r0, p, lb, out, pf, pf_lines); break;
-    case 7: screen_tile<7, T>(s, r0, p, lb, out, pf, pf_lines); break;
-    default: screen_tile<8, T>(s, r0, p, lb, out, pf, pf_lines); break;
+    case 1: screen_tile<1, T>(s, r0, p, lb, out, pf); break;
+    case 2: screen_tile<2, T>(s, r0, p, lb, out, pf); break;
+    case 3: screen_tile<3, T>(s, r0, p, lb, out, pf); break;
+    case 4: screen_tile<4, T>(s, r0, p, lb, out, pf); break;
+    case 5: screen_tile<5, T>(s, r0, p, lb, out, pf); break;
+    case 6: screen_tile<6, T>(s, r0, p, lb, out, pf); break;
+    case 7: screen_tile<7, T>(s, r0, p, lb, out, pf); break;
+    default: screen_tile<8, T>(s, r0, p, lb, out, pf); break;
   }
 }
 #endif
@@ -356,20 +348,17 @@ torch::Tensor greedy_tokens(torch::Tensor h, torch::Tensor wq, torch::Tensor wf,
       Records mine{buf.data(), 0};
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t p0 = t * kPanelsPerTile, np = std::min<int64_t>(kPanelsPerTile, P - p0);
-        // few rows: the next tile's weights are fetched while this one is screened, as the panel GEMM does
-        const char* next = t + 1 < t1 && R <= kPrefetchRows ? reinterpret_cast<const char*>(s.wq + (p0 + np) * D4 * 64)
-                                                           : nullptr;
-        const int64_t next_lines = next ? std::min<int64_t>(kPanelsPerTile, P - p0 - np) * D4 : 0;
-        const int64_t row_tiles = (R + kRowsPerTile - 1) / kRowsPerTile;
+        // few rows: the next tile's weights are fetched while this one is screened (tile_prefetch.h)
+        const NextTile next(t + 1 < t1, s.wq + (p0 + np) * D4 * 64,
+                            std::min<int64_t>(kPanelsPerTile, P - p0 - np) * D4, R, kRowsPerTile);
         for (int64_t m = 0, i = 0; m < R; m += kRowsPerTile, ++i) {
           const int mr = static_cast<int>(std::min<int64_t>(kRowsPerTile, R - m));
-          const int64_t l0 = next_lines * i / row_tiles, l1 = next_lines * (i + 1) / row_tiles;
           if (mine.n + kRowsPerTile * kPanelsPerTile > static_cast<int64_t>(buf.size())) {
             buf.resize(2 * buf.size());
             mine.buf = buf.data();
           }
           if (np == kPanelsPerTile) {
-            screen_rows<kPanelsPerTile>(s, mr, m, p0, my_lb.data(), mine, next + 64 * l0, l1 - l0);
+            screen_rows<kPanelsPerTile>(s, mr, m, p0, my_lb.data(), mine, next.share(i, D4));
           } else {
             for (int64_t q = 0; q < np; ++q) screen_rows<1>(s, mr, m, p0 + q, my_lb.data(), mine);
           }

@@ -32,8 +32,6 @@ constexpr int kRowsPerTile = 8;
 // the gated GEMM: two (gate, up) panel pairs by six rows, 24 accumulators as the plain tile has
 constexpr int kPairsPerTile = 2;
 constexpr int kGatedRows = 6;
-// up to this many rows a GEMM prefetches its next weight tile (see linear)
-constexpr int64_t kPrefetchRows = 16;
 
 #ifdef TESSERA_PANEL_AVX512
 // C[r, t*16 + j] = acc[r][t][j] (+ bias); the last panel stores only the columns in `last_mask`
@@ -135,16 +133,10 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor packed, std::optional<torch:
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t p0 = t * kPanelsPerTile, np = std::min<int64_t>(kPanelsPerTile, panels - p0);
       const bool last = p0 + np == panels;
-      // with few rows a tile's arithmetic is too short for the hardware prefetcher to have the next
-      // tile's weights in time, so this thread's next tile is fetched while this one is computed (row
-      // tile i fetches its share): 31.5 -> 30.3 ms per 16-row decode step of the default model. From 32
-      // rows on it gains nothing, and at 512 it costs 7%.
-      const char* next =
-          t + 1 < t1 && M <= kPrefetchRows ? reinterpret_cast<const char*>(W + (p0 + np) * K * kPanel) : nullptr;
-      const int64_t next_lines = next ? std::min<int64_t>(kPanelsPerTile, panels - p0 - np) * K : 0;
-      const int64_t row_tiles = (M + kRowsPerTile - 1) / kRowsPerTile;
+      // with few rows, this thread's next tile is fetched while this one is computed (tile_prefetch.h)
+      const NextTile next(t + 1 < t1, W + (p0 + np) * K * kPanel,
+                          std::min<int64_t>(kPanelsPerTile, panels - p0 - np) * K, M, kRowsPerTile);
       for (int64_t m = 0, i = 0; m < M; m += kRowsPerTile, ++i) {
-        const int64_t l0 = next_lines * i / row_tiles, l1 = next_lines * (i + 1) / row_tiles;
         const int mr = static_cast<int>(std::min<int64_t>(kRowsPerTile, M - m));
         const float* a = A + m * lda;
         float* c = C + m * N + p0 * kPanel;
@@ -152,7 +144,7 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor packed, std::optional<torch:
         const float* b = B ? B + p0 * kPanel : nullptr;
         if (np == kPanelsPerTile) {
           Store st{b, c, N, last ? tail_mask : static_cast<__mmask16>(0xFFFF)};
-          panel_rows<kRowsPerTile, kPanelsPerTile>(mr, a, lda, w, K, st, next + 64 * l0, l1 - l0);
+          panel_rows<kRowsPerTile, kPanelsPerTile>(mr, a, lda, w, K, st, next.share(i, K));
         } else {
           for (int64_t p = 0; p < np; ++p) {
             const bool last_panel = last && p == np - 1;
@@ -202,17 +194,14 @@ torch::Tensor gated_linear(torch::Tensor x, torch::Tensor packed, int64_t I) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t q0 = t * kPairsPerTile, nq = std::min<int64_t>(kPairsPerTile, pairs - q0);
       const __mmask16 last = q0 + nq == pairs ? tail_mask : static_cast<__mmask16>(0xFFFF);
-      const char* next = t + 1 < t1 && M <= kPrefetchRows
-                             ? reinterpret_cast<const char*>(W + 2 * (q0 + nq) * K * kPanel) : nullptr;
-      const int64_t next_lines = next ? 2 * std::min<int64_t>(kPairsPerTile, pairs - q0 - nq) * K : 0;
-      const int64_t row_tiles = (M + kGatedRows - 1) / kGatedRows;
+      const NextTile next(t + 1 < t1, W + 2 * (q0 + nq) * K * kPanel,
+                          2 * std::min<int64_t>(kPairsPerTile, pairs - q0 - nq) * K, M, kGatedRows);
       for (int64_t m = 0, i = 0; m < M; m += kGatedRows, ++i) {
-        const int64_t l0 = next_lines * i / row_tiles, l1 = next_lines * (i + 1) / row_tiles;
         const int mr = static_cast<int>(std::min<int64_t>(kGatedRows, M - m));
         GatedStore st{C + m * I + q0 * kPanel, I, last};
         const float* w = W + 2 * q0 * K * kPanel;
         if (nq == kPairsPerTile) {
-          panel_rows<kGatedRows, 2 * kPairsPerTile>(mr, A + m * lda, lda, w, K, st, next + 64 * l0, l1 - l0);
+          panel_rows<kGatedRows, 2 * kPairsPerTile>(mr, A + m * lda, lda, w, K, st, next.share(i, K));
         } else {
           panel_rows<kGatedRows, 2>(mr, A + m * lda, lda, w, K, st);
         }

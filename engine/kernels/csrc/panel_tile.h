@@ -6,30 +6,24 @@
 #pragma once
 #include <cstdint>
 
+#include "tile_prefetch.h"
+
 constexpr int64_t kPanel = 16;  // output columns per panel: one zmm of fp32
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define TESSERA_PANEL_AVX512 1
 
-// acc[r][t][j] = sum_k A[r * lda + k] * W[t][k][j], panels t at W + t * K * 16; meanwhile pf_lines cache
-// lines from pf (the caller's next weights) are prefetched, which changes no result
+// acc[r][t][j] = sum_k A[r * lda + k] * W[t][k][j], panels t at W + t * K * 16; meanwhile `pf` fetches
+// the caller's next weights (tile_prefetch.h), which changes no result
 template <int MR, int T>
 inline void panel_accumulate(const float* A, int64_t lda, const float* W, int64_t K, __m512 (&acc)[MR][T],
-                             const char* pf = nullptr, int64_t pf_lines = 0) {
+                             PrefetchSpread pf = {}) {
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  // pf_lines cache lines from pf into L2, spread evenly over the k loop (16.16 fixed point)
-  const int64_t pf_step = pf_lines > 0 ? (pf_lines << 16) / K : 0;
-  int64_t pf_pos = 0, pf_done = 0;
-  for (int64_t k = 0; k < K; ++k) {
-    if (pf_step) {
-      pf_pos += pf_step;
-      for (const int64_t until = pf_pos >> 16; pf_done < until; ++pf_done) _mm_prefetch(pf + 64 * pf_done, _MM_HINT_T1);
-    }
-
+  for_each_k(K, pf, [&](int64_t k) __attribute__((always_inline)) {
     __m512 w[T];
 #pragma GCC unroll 4
     for (int t = 0; t < T; ++t) w[t] = _mm512_loadu_ps(W + t * K * kPanel + k * kPanel);
@@ -39,20 +33,19 @@ inline void panel_accumulate(const float* A, int64_t lda, const float* W, int64_
 #pragma GCC unroll 4
       for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(a, w[t], acc[r][t]);
     }
-  }
-  for (; pf_done < pf_lines; ++pf_done) _mm_prefetch(pf + 64 * pf_done, _MM_HINT_T1);
+  });
 }
 
 // mr (1..MAXR) rows: accumulate, then epi.template store<MR>(acc) with MR = mr
 template <int MAXR, int T, class Epilogue>
 inline void panel_rows(int mr, const float* A, int64_t lda, const float* W, int64_t K, Epilogue& epi,
-                       const char* pf = nullptr, int64_t pf_lines = 0) {
+                       PrefetchSpread pf = {}) {
   static_assert(MAXR >= 1 && MAXR <= 8, "1 to 8 rows per tile");
 #define TESSERA_PANEL_CASE(R)                          \
   case R:                                              \
     if constexpr (R <= MAXR) {                         \
       __m512 acc[R][T];                                \
-      panel_accumulate<R, T>(A, lda, W, K, acc, pf, pf_lines); \
+      panel_accumulate<R, T>(A, lda, W, K, acc, pf);           \
       epi.template store<R>(acc);                      \
     }                                                  \
     break;

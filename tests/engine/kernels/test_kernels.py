@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from engine.attention_metadata import AttentionMetadata, PrefillSpan
 from engine.kernels import reference
 from engine.kernels.registry import KERNELS, REFERENCE, get_kernel
-
-BS, KVH, D, H = 16, 3, 64, 9
+from tests.engine.kernels.cases import BS, KVH, D, H, greedy_head_cases, head_major
 
 
 def _paged_case(seed=0, ctx_lens=(1, 17, 40, 130), spans=((5, 5), (20, 37)), num_blocks=96):
@@ -65,15 +64,6 @@ def test_reference_paged_attention_matches_plain_attention():
         expected = (scores.softmax(-1) @ vals).transpose(0, 1)
         torch.testing.assert_close(out[start:start + qlen], expected, atol=1e-5, rtol=1e-5)
         start += qlen
-
-
-def _head_major(kc: torch.Tensor, vc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-major caches [NB, bs, KVH, D] as the engine's head-major pair: views of one
-    [NB, KVH, 2, D * bs] tensor, keys [NB, KVH, D, bs] and values [NB, KVH, bs, D]."""
-    nb, bs, kvh, d = kc.shape
-    cache = torch.stack([kc.permute(0, 2, 3, 1).reshape(nb, kvh, d * bs),
-                         vc.permute(0, 2, 1, 3).reshape(nb, kvh, d * bs)], 2).contiguous()
-    return cache[:, :, 0].view(nb, kvh, d, bs), cache[:, :, 1].view(nb, kvh, bs, d)
 
 
 def _kivi_case(kbits, vbits, ctx_lens=(1, 17, 40, 130), num_blocks=40, seed=0, kvh=KVH, h=H, bs=BS, vgroup=16):
@@ -144,32 +134,6 @@ def _argmax_rows(width: int) -> torch.Tensor:
     return x
 
 
-def _greedy_head_cases() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(name, LM head weight [V, D], hidden states [R, D]) that test what the greedy head must get right:
-    a vocabulary and width that are not multiples of the kernel's 16 tokens and 4 features, a few
-    features far larger than the rest (as in real final hidden states), exact ties between duplicated
-    tokens, near-ties one rounding apart, non-finite rows, an all-zero row, and flat rows with more
-    candidates than the screen keeps."""
-    g = torch.Generator().manual_seed(3)
-    v, d = 1003, 90
-    w = torch.randn(v, d, generator=g) * 0.1
-    w[700] = w[5]  # duplicates: every row ties them exactly; the first must win
-    w[900] = w[37] * (1 + 2 ** -20)  # a near-tie
-    h = torch.randn(40, d, generator=g) * 2
-    h[:, 7] *= 30  # massive features
-    h[:, 60] *= -12
-    h[3] = w[5] * 50  # token 5 (and its duplicate) the best by far
-    h[4] = w[37] * 50  # 37 and its near-tie
-    h[5] = 0.0  # every logit 0, every token a candidate: token 0
-    h[6, 11] = float("nan")
-    h[7, 2] = float("inf")
-    cases = [("mixed", w, h), ("one row", w, h[3:4].clone())]
-    # tokens that differ by less than the int8 screen can tell: all of them candidates
-    big = torch.randn(1, 64, generator=g) + torch.randn(49152 + 5, 64, generator=g) * 1e-6
-    cases.append(("flat, over the candidate cap", big, torch.randn(3, 64, generator=g)))
-    return cases
-
-
 def _device_kernels():
     get_kernel("paged_attention", "cpu")  # loads the built-in kernel modules
     return [e for op in KERNELS.ops() for e in KERNELS.implementations(op) if e.device_type != REFERENCE]
@@ -206,14 +170,14 @@ def test_device_kernel_matches_reference(entry):
             torch.testing.assert_close(got_mod(x.to(dev)).cpu(), want_mod(x), atol=1e-4, rtol=1e-5)
     elif entry.op == "paged_attention_head_major":
         q, k, v, kc, vc, meta, _ = _paged_case()
-        want_k, want_v = _head_major(kc, vc)
+        want_k, want_v = head_major(kc, vc)
         want = ref(q, k, v, want_k, want_v, meta, D ** -0.5)
         # the decode rows' own K/V are not in the cache yet: the op writes them
         nd = meta.num_decode_tokens
         blank_k, blank_v = kc.clone(), vc.clone()
         blank_k.view(-1, KVH, D)[meta.slot_mapping[:nd]] = float("nan")
         blank_v.view(-1, KVH, D)[meta.slot_mapping[:nd]] = float("nan")
-        got_k, got_v = _head_major(blank_k, blank_v)
+        got_k, got_v = head_major(blank_k, blank_v)
         got = entry.fn(q, k, v, got_k, got_v, meta, D ** -0.5)
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
         assert torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
@@ -224,7 +188,7 @@ def test_device_kernel_matches_reference(entry):
         # a prefill chunk over a block boundary, lone decode slots, a run starting mid-block
         slots = torch.tensor(list(range(3 * BS + 5, 3 * BS + 35)) + [2, 9 * BS, 7 * BS + 15] + list(range(5 * BS + 9, 5 * BS + 16)))
         base = [torch.randn(12, BS, KVH, D, generator=g) for _ in range(2)]
-        got, want = _head_major(*base), _head_major(*base)
+        got, want = head_major(*base), head_major(*base)
         entry.fn(k, v, *got, slots)
         ref(k, v, *want, slots)
         assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
@@ -269,7 +233,7 @@ def test_device_kernel_matches_reference(entry):
                     torch.testing.assert_close(a, b, atol=2e-6, rtol=2e-6)
     elif entry.op == "pack_greedy_head":
         pack = get_kernel("pack_linear", entry.device_type)
-        for name, w, h in _greedy_head_cases():
+        for name, w, h in greedy_head_cases():
             head = pack(w.to(dev), None)
             got = entry.fn(w.to(dev), head)(h.to(dev)).cpu()
             want = ref(w.to(dev), head)(h.to(dev)).cpu()
@@ -281,107 +245,6 @@ def test_device_kernel_matches_reference(entry):
             assert torch.equal(entry.fn(x.to(dev)).cpu(), ref(x)), f"width {width}"
     else:
         pytest.fail(f"no comparison written for op {entry.op!r}: add one")
-
-
-def test_gated_panel_linear_is_the_panel_linear_then_the_elementwise_activation_bit_for_bit():
-    """The fused gated GEMM only moves the activation into the GEMM's epilogue: the same FMA chains and
-    the same activation code, so the MLP's values do not change with the fusion."""
-    from engine.kernels import cpu_elementwise, cpu_linear
-
-    if not (cpu_linear.panel_available() and cpu_elementwise.available()):
-        pytest.skip("the AVX-512 panel kernels cannot be built here")
-    g = torch.Generator().manual_seed(4)
-    w = torch.randn(2 * 96, 80, generator=g) * 0.1
-    fused, plain = cpu_linear.pack_gated_linear(w), cpu_linear.pack_panel_linear(w, None)
-    for rows in (1, 6, 13, 64):
-        x = torch.randn(rows, 80, generator=g) * 3
-        assert torch.equal(fused(x), cpu_elementwise.silu_and_mul(plain(x))), f"{rows} rows"
-
-
-@pytest.mark.parametrize("entry", [e for e in KERNELS.implementations("pack_linear")
-                                   + KERNELS.implementations("pack_gated_linear") if e.device_type == "cpu"],
-                         ids=lambda e: e.name)
-def test_cpu_linear_rows_do_not_depend_on_batch_size(entry):
-    if not entry.available():
-        pytest.skip(f"{entry.name} not available here")
-    g = torch.Generator().manual_seed(1)
-    w = torch.randn(256, 1536, generator=g) * 0.05
-    lin = entry.fn(w) if entry.op == "pack_gated_linear" else entry.fn(w, None)
-    x = torch.randn(70, 1536, generator=g)
-    alone = torch.cat([lin(x[i:i + 1]) for i in range(x.shape[0])])
-    for rows in (2, 5, 64, 70):
-        assert torch.equal(lin(x[:rows]), alone[:rows]), f"row results changed with {rows} rows"
-
-
-def test_cpu_attention_rows_do_not_depend_on_chunking():
-    """A sequence prefilled in one span, in two chunks, or token by token as decode rows gives
-    bit-identical attention outputs: the property that makes batching invisible."""
-    entry = next(e for e in KERNELS.implementations("paged_attention") if e.device_type == "cpu")
-    if not entry.available():
-        pytest.skip("CPU attention kernel cannot be built here")
-    g = torch.Generator().manual_seed(2)
-    ctx, nb = 45, 3
-    kc, vc = torch.randn(8, BS, KVH, D, generator=g), torch.randn(8, BS, KVH, D, generator=g)
-    table = torch.tensor([5, 1, 6])
-    q = torch.randn(ctx, H, D, generator=g)
-    k, v = torch.randn(ctx, KVH, D, generator=g), torch.randn(ctx, KVH, D, generator=g)
-    slots = torch.tensor([int(table[p // BS]) * BS + p % BS for p in range(ctx)])
-    reference.write_kv(k, v, kc, vc, slots)
-
-    def run(first, last, decode):
-        if decode:  # one decode row per position, as if every position were its own sequence
-            meta = AttentionMetadata(BS, slots[first:last], num_decode_tokens=last - first,
-                                     decode_block_tables=table.repeat(last - first, 1),
-                                     decode_context_lens=torch.arange(first + 1, last + 1),
-                                     decode_max_context=last)
-        else:
-            meta = AttentionMetadata(BS, slots[first:last], prefills=[PrefillSpan(0, last - first, last,
-                                                                                   table[:-(-last // BS)])])
-        return entry.fn(q[first:last], k[first:last], v[first:last], kc, vc, meta, D ** -0.5)
-
-    whole = run(0, ctx, False)
-    assert torch.equal(torch.cat([run(0, 20, False), run(20, ctx, False)]), whole)
-    assert torch.equal(run(0, ctx, True), whole)
-    assert nb == table.shape[0]
-
-
-def test_head_major_attention_rows_do_not_depend_on_chunking_or_batching():
-    """Head-major cache: a sequence prefilled in one span, in two chunks, or token by token as decode
-    rows (each writing its own K/V) gives bit-identical outputs and the same cache."""
-    entry = next(e for e in KERNELS.implementations("paged_attention_head_major") if e.device_type == "cpu")
-    write = next(e for e in KERNELS.implementations("write_kv_head_major") if e.device_type == "cpu")
-    if not entry.available():
-        pytest.skip("CPU head-major attention cannot be built here")
-    g = torch.Generator().manual_seed(2)
-    ctx = 45
-    table = torch.tensor([5, 1, 6])
-    q = torch.randn(ctx, H, D, generator=g)
-    k, v = torch.randn(ctx, KVH, D, generator=g), torch.randn(ctx, KVH, D, generator=g)
-    slots = torch.tensor([int(table[p // BS]) * BS + p % BS for p in range(ctx)])
-
-    def run(first, last, decode, caches):
-        if decode:  # one decode row per position, as if every position were its own sequence
-            meta = AttentionMetadata(BS, slots[first:last], num_decode_tokens=last - first,
-                                     decode_block_tables=table.repeat(last - first, 1),
-                                     decode_context_lens=torch.arange(first + 1, last + 1),
-                                     decode_max_context=last)
-        else:
-            meta = AttentionMetadata(BS, slots[first:last], prefills=[PrefillSpan(0, last - first, last,
-                                                                                   table[:-(-last // BS)])])
-            write.fn(k[first:last], v[first:last], *caches, slots[first:last])
-        return entry.fn(q[first:last], k[first:last], v[first:last], *caches, meta, D ** -0.5)
-
-    def fresh():
-        return _head_major(torch.zeros(8, BS, KVH, D), torch.zeros(8, BS, KVH, D))
-
-    whole_cache = fresh()
-    whole = run(0, ctx, False, whole_cache)
-    chunked_cache = fresh()
-    assert torch.equal(torch.cat([run(0, 20, False, chunked_cache), run(20, ctx, False, chunked_cache)]), whole)
-    decoded_cache = fresh()
-    assert torch.equal(torch.cat([run(p, p + 1, True, decoded_cache) for p in range(ctx)]), whole)
-    assert all(torch.equal(a, b) for a, b in zip(decoded_cache, whole_cache, strict=True))
-    assert all(torch.equal(a, b) for a, b in zip(chunked_cache, whole_cache, strict=True))
 
 
 @pytest.mark.parametrize("op", sorted(ELEMENTWISE_CASES))
@@ -400,42 +263,3 @@ def test_cpu_elementwise_rows_do_not_depend_on_batch_size(op):
     for rows in (1, 2, 37):
         part = first(entry.fn(*[a[:rows] if isinstance(a, torch.Tensor) and a.dim() > 1 else a for a in args]))
         assert torch.equal(part, whole[:rows]), f"{op}: row results changed with {rows} rows"
-
-
-def test_panel_linear_rejects_input_of_the_wrong_width_or_dtype():
-    from engine.kernels.cpu_linear import PanelLinear, panel_available
-
-    if not panel_available():
-        pytest.skip("the AVX-512 panel linear cannot be built here")
-    lin = PanelLinear(torch.randn(40, 24), None)
-    with pytest.raises(ValueError, match=r"takes \[T, 24\] fp32"):
-        lin(torch.randn(3, 25))
-    with pytest.raises(ValueError, match="fp32"):
-        lin(torch.randn(3, 24, dtype=torch.float64))
-    assert lin(torch.randn(3, 24)).shape == (3, 40)
-
-
-def test_greedy_head_screen_settles_ordinary_rows_and_hands_back_the_rest():
-    """The int8 screen must decide ordinary rows itself (else it saves nothing) and hand back (-1) the rows
-    it cannot decide cheaply: non-finite hidden states and rows with more candidates than its cap."""
-    from engine.kernels import cpu_greedy_head
-
-    if not cpu_greedy_head.available():
-        pytest.skip("the AVX-512 VNNI greedy head cannot be built here")
-    (_, w, h), _, (_, big, flat) = _greedy_head_cases()
-    head = get_kernel("pack_linear", "cpu")(w, None)
-    module = cpu_greedy_head.GreedyHead(w, head)
-    ext = cpu_greedy_head._EXT.load()
-    raw = ext.greedy_tokens(h, module.packed, head.packed, w, module.stats, 8, 64)
-    handed_back = set((raw < 0).nonzero().flatten().tolist())
-    assert {6, 7} <= handed_back  # NaN, inf
-    assert 5 in handed_back  # all logits equal: over a cap of 64 candidates
-    assert len(handed_back) <= 4, f"the screen settled too few rows: {sorted(handed_back)}"
-    want = head(h).argmax(-1)
-    settled = [i for i in range(h.shape[0]) if i not in handed_back]
-    assert torch.equal(raw[settled], want[settled])
-    big_head = get_kernel("pack_linear", "cpu")(big, None)
-    big_module = cpu_greedy_head.GreedyHead(big, big_head)
-    raw = ext.greedy_tokens(flat, big_module.packed, big_head.packed, big, big_module.stats, 8,
-                            cpu_greedy_head.MAX_CANDIDATES)
-    assert bool((raw < 0).all()), "rows with every token a candidate must take the full head"
