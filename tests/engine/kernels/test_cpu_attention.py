@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.attention_metadata import AttentionMetadata, PrefillSpan
-from engine.kernels import reference
+from engine.kernels import cpu_attention, reference  # noqa: F401 (cpu_attention registers its kernels on import)
 from engine.kernels.registry import KERNELS
 from tests.engine.kernels.cases import BS, KVH, D, H, head_major
 

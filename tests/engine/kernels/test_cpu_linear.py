@@ -6,14 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine.kernels import cpu_elementwise, cpu_linear  # imported, they register their CPU kernels
 from engine.kernels.registry import KERNELS
+
+CPU_LINEARS = [e for op in ("pack_linear", "pack_gated_linear") for e in KERNELS.implementations(op)
+               if e.device_type == "cpu"]
 
 
 def test_gated_panel_linear_is_the_panel_linear_then_the_elementwise_activation_bit_for_bit():
     """The fused gated GEMM only moves the activation into the GEMM's epilogue: the same FMA chains and
     the same activation code, so the MLP's values do not change with the fusion."""
-    from engine.kernels import cpu_elementwise, cpu_linear
-
     if not (cpu_linear.panel_available() and cpu_elementwise.available()):
         pytest.skip("the AVX-512 panel kernels cannot be built here")
     g = torch.Generator().manual_seed(4)
@@ -24,9 +26,7 @@ def test_gated_panel_linear_is_the_panel_linear_then_the_elementwise_activation_
         assert torch.equal(fused(x), cpu_elementwise.silu_and_mul(plain(x))), f"{rows} rows"
 
 
-@pytest.mark.parametrize("entry", [e for e in KERNELS.implementations("pack_linear")
-                                   + KERNELS.implementations("pack_gated_linear") if e.device_type == "cpu"],
-                         ids=lambda e: e.name)
+@pytest.mark.parametrize("entry", CPU_LINEARS, ids=lambda e: e.name)
 def test_cpu_linear_rows_do_not_depend_on_batch_size(entry):
     if not entry.available():
         pytest.skip(f"{entry.name} not available here")
@@ -40,11 +40,9 @@ def test_cpu_linear_rows_do_not_depend_on_batch_size(entry):
 
 
 def test_panel_linear_rejects_input_of_the_wrong_width_or_dtype():
-    from engine.kernels.cpu_linear import PanelLinear, panel_available
-
-    if not panel_available():
+    if not cpu_linear.panel_available():
         pytest.skip("the AVX-512 panel linear cannot be built here")
-    lin = PanelLinear(torch.randn(40, 24), None)
+    lin = cpu_linear.PanelLinear(torch.randn(40, 24), None)
     with pytest.raises(ValueError, match=r"takes \[T, 24\] fp32"):
         lin(torch.randn(3, 25))
     with pytest.raises(ValueError, match="fp32"):
