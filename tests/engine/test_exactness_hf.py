@@ -39,3 +39,19 @@ def test_greedy_matches_hf_generate(default_engine, hf_model):
             first = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
             mismatches.append((tok.decode(prompt)[-40:], first))
     assert not mismatches, f"greedy output differs from HF at (prompt tail, first index): {mismatches}"
+
+
+def test_decode_steps_read_the_default_models_projections_from_their_exact_4bit_code(default_engine):
+    """The default model was dequantized from Q4_1, so on x86 with AVX-512 every projection is also held
+    in its exact 4-bit code, which decode steps of up to CODE_ROWS rows read: the greedy comparison above
+    (20 prompts, decode steps of 20 rows) then runs through that path."""
+    from engine.kernels import cpu_linear
+
+    if not cpu_linear.panel_available():
+        pytest.skip("the AVX-512 panel kernels cannot be built here")
+    linears = [m for m in default_engine.runner.model.modules()
+               if isinstance(m, (cpu_linear.PanelLinear, cpu_linear.GatedPanelLinear))]
+    assert len(linears) == 4 * default_engine.runner.model.arch.num_layers + 1  # + the tied lm_head
+    coded = [m for m in linears if m.code is not None]
+    assert len(coded) == len(linears) - 1, "a projection of the default model is not held in its code"
+    assert len(CHAT_PROMPTS) <= cpu_linear.CODE_ROWS
