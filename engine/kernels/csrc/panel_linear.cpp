@@ -41,6 +41,13 @@ constexpr int kPairsPerTile = 2;
 constexpr int kGatedRows = 6;
 
 #ifdef TESSERA_PANEL_AVX512
+// silu(g) * u on 16 lanes, as two halves of the elementwise kernel's 8-lane code (the same bits)
+inline __m512 silu_mul16(__m512 g, __m512 u) {
+  const __m256 lo = silu_mul8(_mm512_castps512_ps256(g), _mm512_castps512_ps256(u));
+  const __m256 hi = silu_mul8(_mm512_extractf32x8_ps(g, 1), _mm512_extractf32x8_ps(u, 1));
+  return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+}
+
 // C[r, t*16 + j] = acc[r][t][j] (+ bias); the last panel stores only the columns in `last_mask`
 struct Store {
   const float* bias;
@@ -75,10 +82,7 @@ struct GatedStore {
       const __mmask16 m = i == T / 2 - 1 ? last_mask : static_cast<__mmask16>(0xFFFF);
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {
-        const __m512 g = acc[r][2 * i], u = acc[r][2 * i + 1];
-        const __m256 lo = silu_mul8(_mm512_castps512_ps256(g), _mm512_castps512_ps256(u));
-        const __m256 hi = silu_mul8(_mm512_extractf32x8_ps(g, 1), _mm512_extractf32x8_ps(u, 1));
-        _mm512_mask_storeu_ps(C + r * ldc + i * kPanel, m, _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1));
+        _mm512_mask_storeu_ps(C + r * ldc + i * kPanel, m, silu_mul16(acc[r][2 * i], acc[r][2 * i + 1]));
       }
     }
   }
@@ -131,10 +135,7 @@ struct GatedFromSums {
   void store(__m512 (&acc)[MR][T]) const {
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const __m512 g = _mm512_loadu_ps(sums + r * kPanel), u = acc[r][0];
-      const __m256 lo = silu_mul8(_mm512_castps512_ps256(g), _mm512_castps512_ps256(u));
-      const __m256 hi = silu_mul8(_mm512_extractf32x8_ps(g, 1), _mm512_extractf32x8_ps(u, 1));
-      _mm512_mask_storeu_ps(C + r * ldc, mask, _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1));
+      _mm512_mask_storeu_ps(C + r * ldc, mask, silu_mul16(_mm512_loadu_ps(sums + r * kPanel), acc[r][0]));
     }
   }
 };
