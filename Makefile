@@ -9,7 +9,7 @@ TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || ech
 BENCH_ARGS ?=
 SERVE_ARGS ?=
 
-.PHONY: setup test test-fast lint serve bench bench-vllm-setup loadtest model clean
+.PHONY: setup test test-fast lint serve bench bench-vllm-setup loadtest model kernels clean
 
 setup: $(STAMP)
 
@@ -24,16 +24,20 @@ $(STAMP): pyproject.toml
 model: setup
 	$(BIN)/tessera models prepare smollm2-135m-instruct
 
-test: setup model
+# the CPU kernels compiled ahead of the first engine start (a no-op once built)
+kernels: setup
+	$(BIN)/python -m engine.kernels.cpp_extension
+
+test: setup model kernels
 	$(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check engine server plugins benchmarks tests
 
-serve: setup model
+serve: setup model kernels
 	$(BIN)/tessera serve $(SERVE_ARGS)
 
-bench: setup model
+bench: setup model kernels
 	$(BIN)/tessera bench throughput --backends native,vllm,hf --concurrency 16,64 --repeats 3 \
 		--json benchmarks/results/throughput-cpu.json $(BENCH_ARGS)
 	$(BIN)/tessera bench prefix --json benchmarks/results/prefix-cpu.json
@@ -68,6 +72,6 @@ loadtest: setup model $(LOAD_STAMP)
 # Serving benchmark side by side (issue 3): tessera serve, then vllm serve from .venv-vllm (make
 # bench-vllm-setup), same workload: concurrency 16, 128 in / 128 out, ignore_eos, fp32.
 .PHONY: bench-serve
-bench-serve: setup model
+bench-serve: setup model kernels
 	$(BIN)/tessera bench serve --compare native,vllm --concurrency 16 --input-len 128 --output-len 128 \
 		--num-requests 64 --json benchmarks/results/serve-compare-cpu.json $(BENCH_ARGS)

@@ -46,11 +46,15 @@ def fp32_heads(*ts) -> bool:
 class CppExtension:
     """One csrc/*.cpp source, built once per process on first `load()`; set TESSERA_NO_CPP=1 to skip."""
 
+    # every one defined, so `build_all` can build them ahead of first use
+    defined: list[CppExtension] = []
+
     def __init__(self, name: str, source: str) -> None:
         self.name, self.source = name, CSRC / source
         self._lock = threading.Lock()
         self._module = None
         self._failed = False
+        CppExtension.defined.append(self)
 
     def load(self):
         """The compiled module, or None when it cannot be built here."""
@@ -78,3 +82,32 @@ class CppExtension:
 
     def available(self) -> bool:
         return self.load() is not None
+
+
+def build_all(progress: bool = True) -> list[str]:
+    """Builds (or finds already built) every CPU kernel, so that the first engine start neither waits
+    for the compiler nor has it running beside the model (each compile of a torch extension peaks near
+    1.7 GB). Returns the names that could not be built; those run as the portable reference."""
+    import importlib
+    import pkgutil
+
+    import engine.kernels
+
+    for mod in pkgutil.iter_modules(engine.kernels.__path__):
+        if mod.name.startswith("cpu_"):
+            importlib.import_module(f"engine.kernels.{mod.name}")
+    exts = list(CppExtension.defined)
+    if progress:
+        from tqdm.auto import tqdm
+
+        exts = tqdm(exts, desc="building CPU kernels", unit="kernel")
+    return [ext.name for ext in exts if not ext.available()]
+
+
+if __name__ == "__main__":
+    # through the package's module, whose class the kernels register with (not this __main__ copy)
+    from engine.kernels.cpp_extension import build_all as _build_all
+
+    missing = _build_all()
+    if missing:
+        print(f"not built here (the portable reference serves them): {', '.join(missing)}")
