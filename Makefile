@@ -26,7 +26,7 @@ model: setup
 
 # the CPU kernels compiled ahead of the first engine start (a no-op once built)
 kernels: setup
-	$(BIN)/python -m engine.kernels.cpp_extension
+	$(BIN)/python -m engine.kernels.build
 
 test: setup model kernels
 	$(BIN)/python -m pytest -q

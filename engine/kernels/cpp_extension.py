@@ -46,7 +46,7 @@ def fp32_heads(*ts) -> bool:
 class CppExtension:
     """One csrc/*.cpp source, built once per process on first `load()`; set TESSERA_NO_CPP=1 to skip."""
 
-    # every one defined, so `build_all` can build them ahead of first use
+    # every one defined, so engine/kernels/build.py can build them ahead of first use
     defined: list[CppExtension] = []
 
     def __init__(self, name: str, source: str) -> None:
@@ -83,31 +83,3 @@ class CppExtension:
     def available(self) -> bool:
         return self.load() is not None
 
-
-def build_all(progress: bool = True) -> list[str]:
-    """Builds (or finds already built) every CPU kernel, so that the first engine start neither waits
-    for the compiler nor has it running beside the model (each compile of a torch extension peaks near
-    1.7 GB). Returns the names that could not be built; those run as the portable reference."""
-    import importlib
-    import pkgutil
-
-    import engine.kernels
-
-    for mod in pkgutil.iter_modules(engine.kernels.__path__):
-        if mod.name.startswith("cpu_"):
-            importlib.import_module(f"engine.kernels.{mod.name}")
-    exts = list(CppExtension.defined)
-    if progress:
-        from tqdm.auto import tqdm
-
-        exts = tqdm(exts, desc="building CPU kernels", unit="kernel")
-    return [ext.name for ext in exts if not ext.available()]
-
-
-if __name__ == "__main__":
-    # through the package's module, whose class the kernels register with (not this __main__ copy)
-    from engine.kernels.cpp_extension import build_all as _build_all
-
-    missing = _build_all()
-    if missing:
-        print(f"not built here (the portable reference serves them): {', '.join(missing)}")

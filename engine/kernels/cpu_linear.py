@@ -79,6 +79,11 @@ def panel_available() -> bool:
 CODE_ROWS = 32
 
 
+def _weight_for(module: torch.nn.Module, rows: int) -> torch.Tensor:
+    """The form of `module`'s weight a step of `rows` rows reads fastest: its code or its fp32 panels."""
+    return module.code if module.code is not None and rows <= CODE_ROWS else module.packed
+
+
 class PanelLinear(torch.nn.Module):
     """`affine4`: when the weight is exactly a 4-bit block-affine code, also hold it in that code (a
     sixth of the fp32 panels' bytes) for steps of up to CODE_ROWS rows."""
@@ -95,8 +100,7 @@ class PanelLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [T, in] fp32 -> [T, out]; any other shape or dtype raises ValueError (checked in the kernel).
         The same bits from either form of the weight."""
-        packed = self.code if self.code is not None and x.shape[0] <= CODE_ROWS else self.packed
-        return self._ext.linear(x, packed, self.bias, self.out_features)
+        return self._ext.linear(x, _weight_for(self, x.shape[0]), self.bias, self.out_features)
 
 
 class GatedPanelLinear(torch.nn.Module):
@@ -114,8 +118,7 @@ class GatedPanelLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [T, in] fp32 -> [T, I]; any other shape or dtype raises ValueError (checked in the kernel)."""
-        packed = self.code if self.code is not None and x.shape[0] <= CODE_ROWS else self.packed
-        return self._ext.gated_linear(x, packed, self.out_features)
+        return self._ext.gated_linear(x, _weight_for(self, x.shape[0]), self.out_features)
 
 
 @register_kernel("pack_gated_linear", "cpu", available=panel_available, name="avx512_gated_panel_linear")

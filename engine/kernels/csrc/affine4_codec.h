@@ -17,7 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <vector>
+#include <optional>
 
 #include "panel_tile.h"  // kPanel, kAffineBlock, kAffineRecord
 
@@ -83,12 +83,12 @@ inline bool encode_block(const float* w, float& d_out, float& m_out, uint8_t* q)
 
 }  // namespace affine4
 
-// weight: [N, K] fp32 -> [ceil(N/16), K/32, kAffineRecord] uint8, or an undefined tensor when K is not a
-// multiple of 32 or some block is not exactly representable (the caller keeps fp32 panels then)
-inline torch::Tensor affine4_encode(torch::Tensor weight) {
+// weight: [N, K] fp32 -> [ceil(N/16), K/32, kAffineRecord] uint8, or none when K is not a multiple of 32
+// or some block is not exactly representable (the caller keeps fp32 panels only then)
+inline std::optional<torch::Tensor> affine4_encode(torch::Tensor weight) {
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == torch::kFloat32, "affine4: weight must be [N, K] fp32");
   const int64_t N = weight.size(0), K = weight.size(1), panels = (N + kPanel - 1) / kPanel;
-  if (K == 0 || K % kAffineBlock) return torch::Tensor();
+  if (K == 0 || K % kAffineBlock) return std::nullopt;
   const auto w = weight.contiguous();
   const float* W = w.data_ptr<float>();
   const int64_t blocks = K / kAffineBlock;
@@ -113,24 +113,23 @@ inline torch::Tensor affine4_encode(torch::Tensor weight) {
       }
     }
   });
-  return ok ? out : torch::Tensor();
+  if (!ok) return std::nullopt;
+  return out;
 }
 
 #ifdef TESSERA_PANEL_AVX512
-// one panel's K x 16 fp32 weights, as the fp32 panel layout holds them: dst[k * 16 + c], K % 32 == 0
+// one panel's K x 16 fp32 weights, as the fp32 panel layout holds them: dst[k * 16 + c], K % 32 == 0;
+// the micro-kernel's own decoder (panel_tile.h), so a test of this is a test of what the GEMM reads
 inline void affine4_decode_panel(const uint8_t* src, int64_t K, float* dst) {
-  const __m512i low = _mm512_set1_epi32(15);
+  const Affine4Decoder dec;
   for (int64_t b = 0; b < K / kAffineBlock; ++b, src += kAffineRecord, dst += kAffineBlock * kPanel) {
     const __m512 d = _mm512_loadu_ps(reinterpret_cast<const float*>(src));
     const __m512 m = _mm512_loadu_ps(reinterpret_cast<const float*>(src) + kPanel);
-    const uint8_t* codes = src + 8 * kPanel;
-#pragma GCC unroll 4
     for (int j = 0; j < kAffineBlock / 2; ++j) {
-      const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + j * kPanel)));
-      const __m512 q0 = _mm512_cvtepi32_ps(_mm512_and_si512(c, low));
-      const __m512 q1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(c, 4));
-      _mm512_storeu_ps(dst + 2 * j * kPanel, _mm512_fmadd_ps(d, q0, m));
-      _mm512_storeu_ps(dst + (2 * j + 1) * kPanel, _mm512_fmadd_ps(d, q1, m));
+      __m512 w0, w1;
+      dec.pair(src, j, d, m, w0, w1);
+      _mm512_storeu_ps(dst + 2 * j * kPanel, w0);
+      _mm512_storeu_ps(dst + (2 * j + 1) * kPanel, w1);
     }
   }
 }

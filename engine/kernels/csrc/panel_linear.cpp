@@ -165,14 +165,6 @@ torch::Tensor pack(torch::Tensor weight) {
   return padded.view({panels, kPanel, K}).transpose(1, 2).contiguous();
 }
 
-// weight: [N, K] fp32 -> affine4_codec.h's [ceil(N/16), K/32, 384] uint8 when every block is exactly such
-// a code, else None
-std::optional<torch::Tensor> pack_affine4(torch::Tensor weight) {
-  auto packed = affine4_encode(weight);
-  if (!packed.defined()) return std::nullopt;
-  return packed;
-}
-
 // packed: pack's [P, K, 16] fp32 or pack_affine4's [P, K/32, 384] uint8 -> (panels, K)
 std::pair<int64_t, int64_t> panel_shape(const torch::Tensor& packed) {
   TORCH_CHECK(packed.dim() == 3 && packed.is_contiguous(), "panel linear: packed weight ", packed.sizes(),
@@ -339,9 +331,11 @@ std::optional<torch::Tensor> pack_gated_as(torch::Tensor weight, bool affine4) {
   const int64_t I = weight.size(0) / 2;
   torch::Tensor gate, up;
   if (affine4) {
-    gate = affine4_encode(weight.narrow(0, 0, I));
-    up = gate.defined() ? affine4_encode(weight.narrow(0, I, I)) : torch::Tensor();
-    if (!up.defined()) return std::nullopt;
+    auto g = affine4_encode(weight.narrow(0, 0, I));
+    auto u = g ? affine4_encode(weight.narrow(0, I, I)) : std::nullopt;
+    if (!u) return std::nullopt;
+    gate = *g;
+    up = *u;
   } else {
     gate = pack(weight.narrow(0, 0, I));
     up = pack(weight.narrow(0, I, I));
@@ -383,7 +377,9 @@ torch::Tensor gated_linear(torch::Tensor x, torch::Tensor packed, int64_t I) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("supported", &supported);
   m.def("pack", &pack);
-  m.def("pack_affine4", &pack_affine4, py::call_guard<py::gil_scoped_release>());
+  // weight: [N, K] fp32 -> affine4_codec.h's [ceil(N/16), K/32, 384] uint8 when every block is exactly
+  // such a code, else None
+  m.def("pack_affine4", &affine4_encode, py::call_guard<py::gil_scoped_release>());
   m.def("unpack", &unpack);
   m.def("linear", &linear, py::arg("x"), py::arg("packed"), py::arg("bias"), py::arg("n"),
         py::call_guard<py::gil_scoped_release>());

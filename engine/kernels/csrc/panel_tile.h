@@ -79,6 +79,23 @@ struct Affine4Weights {
   int64_t stride;  // bytes from one panel's records to the next's
 };
 
+// The 16 columns' weights at input features 2j and 2j + 1 of one record (d, m: its scales and offsets):
+// each code q put under the exponent of 2^23 (the float 2^23 + q), 2^23 subtracted exactly, then
+// fma(d, q, m), the one rounding the code was verified against. Also what unpack decodes with.
+struct Affine4Decoder {
+  __m512i low = _mm512_set1_epi32(15), magic = _mm512_set1_epi32(0x4B000000);
+  __m512 two23 = _mm512_set1_ps(8388608.f);
+
+  inline void pair(const uint8_t* record, int j, __m512 d, __m512 m, __m512& w0, __m512& w1) const {
+    const uint8_t* codes = record + 8 * kPanel + j * kPanel;
+    const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)));
+    const __m512 f0 = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(c, low, magic, 0xEA));  // (c & low) | magic
+    const __m512 f1 = _mm512_castsi512_ps(_mm512_or_si512(_mm512_srli_epi32(c, 4), magic));
+    w0 = _mm512_fmadd_ps(d, _mm512_sub_ps(f0, two23), m);
+    w1 = _mm512_fmadd_ps(d, _mm512_sub_ps(f1, two23), m);
+  }
+};
+
 template <int MR, int T, class AOp>
 __attribute__((always_inline)) inline void panel_accumulate(const AOp& a, Affine4Weights W, int64_t K,
                                                             __m512 (&acc)[MR][T], PrefetchSpread pf = {}) {
@@ -87,8 +104,7 @@ __attribute__((always_inline)) inline void panel_accumulate(const AOp& a, Affine
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  const __m512i low = _mm512_set1_epi32(15), magic = _mm512_set1_epi32(0x4B000000);
-  const __m512 two23 = _mm512_set1_ps(8388608.f);
+  const Affine4Decoder dec;
   // one block of 32 input features, `step` once per pair of them
   auto block = [&](int64_t b, auto&& step) __attribute__((always_inline)) {
     __m512 d[T], m[T];
@@ -103,15 +119,7 @@ __attribute__((always_inline)) inline void panel_accumulate(const AOp& a, Affine
       step();
       __m512 w0[T], w1[T];
 #pragma GCC unroll 4
-      for (int t = 0; t < T; ++t) {
-        const uint8_t* codes = W.P + t * W.stride + b * kRecord + 8 * kPanel + j * kPanel;
-        const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)));
-        // 2^23 + q as a float: q's bits under the exponent of 2^23, then 2^23 subtracted exactly
-        const __m512 f0 = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(c, low, magic, 0xEA));  // (c & low) | magic
-        const __m512 f1 = _mm512_castsi512_ps(_mm512_or_si512(_mm512_srli_epi32(c, 4), magic));
-        w0[t] = _mm512_fmadd_ps(d[t], _mm512_sub_ps(f0, two23), m[t]);
-        w1[t] = _mm512_fmadd_ps(d[t], _mm512_sub_ps(f1, two23), m[t]);
-      }
+      for (int t = 0; t < T; ++t) dec.pair(W.P + t * W.stride + b * kRecord, j, d[t], m[t], w0[t], w1[t]);
 #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) {
         const __m512 x = _mm512_set1_ps(a(r, k0 + 2 * j));
