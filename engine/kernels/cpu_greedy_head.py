@@ -50,9 +50,15 @@ class GreedyHead(torch.nn.Module):
         return tokens
 
 
+def _all_finite(weight: torch.Tensor, rows: int = 4096) -> bool:
+    # by slices of rows: torch.isfinite over the whole LM head allocates temporaries several times its
+    # bool result (170 MB for SmolLM2-135M's 113 MB head), which stayed in the process's peak RSS
+    return all(bool(torch.isfinite(part).all()) for part in weight.split(rows))
+
+
 def _usable(weight: torch.Tensor, head: torch.nn.Module) -> bool:
     return (weight.dtype == torch.float32 and weight.dim() == 2 and isinstance(head, cpu_linear.PanelLinear)
-            and head.bias is None and bool(torch.isfinite(weight).all()))
+            and head.bias is None and _all_finite(weight))
 
 
 @register_kernel("pack_greedy_head", "cpu", available=available, name="vnni_greedy_head")

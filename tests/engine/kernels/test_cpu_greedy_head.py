@@ -34,3 +34,24 @@ def test_greedy_head_screen_settles_ordinary_rows_and_hands_back_the_rest():
     raw = ext.greedy_tokens(flat, big_module.packed, big_head.packed, big, big_module.stats, 8,
                             cpu_greedy_head.MAX_CANDIDATES)
     assert bool((raw < 0).all()), "rows with every token a candidate must take the full head"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_greedy_head_refuses_a_weight_with_a_non_finite_entry_past_the_first_slice(bad):
+    """The finiteness check runs slice by slice (a whole-tensor isfinite held 170 MB of temporaries at load):
+    a non-finite value in the last, partial slice must still keep the int8 screen off, since its error
+    bound assumes finite weights."""
+    from engine.kernels import cpu_greedy_head
+
+    if not cpu_greedy_head.available():
+        pytest.skip("the AVX-512 VNNI greedy head cannot be built here")
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(4096 + 37, 24, generator=g)
+    head = get_kernel("pack_linear", "cpu")(w, None)
+    assert isinstance(cpu_greedy_head.pack_greedy_head(w, head), cpu_greedy_head.GreedyHead)
+    w[4096 + 30, 5] = bad
+    head = get_kernel("pack_linear", "cpu")(w, None)
+    module = cpu_greedy_head.pack_greedy_head(w, head)
+    assert not isinstance(module, cpu_greedy_head.GreedyHead)
+    h = torch.randn(3, 24, generator=g)
+    assert torch.equal(module(h), head(h).argmax(-1))
