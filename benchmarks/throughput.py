@@ -28,6 +28,7 @@ from pathlib import Path
 
 from benchmarks import report
 from benchmarks.baselines import BASELINES_DIR, parse_result
+from benchmarks.baselines.cpu_steal import cpu_ticks, steal_share
 from benchmarks.gemm_share import StepRows, gemm_seconds
 from benchmarks.matmul_ceiling import add_ceilings
 from benchmarks.workload import kv_bytes_per_token, parse_int_list, random_prompts, write_hf_config_dir
@@ -143,9 +144,10 @@ def run_native(args, ctx: dict, prompts, warmup, concurrency: int) -> tuple[dict
                                 ignore_eos=True)
         rows = StepRows()
         rows.attach(eng.runner)
-        t0 = time.perf_counter()
+        ticks, t0 = cpu_ticks(), time.perf_counter()
         tokens = drive(eng, prompts, params, args.progress, f"native c={concurrency}")
         elapsed = time.perf_counter() - t0
+        stolen = steal_share(ticks, cpu_ticks())
         stats = eng.stats()
         print("[throughput] timing the engine's matmuls at the rows of every step it ran", file=sys.stderr,
               flush=True)
@@ -163,7 +165,8 @@ def run_native(args, ctx: dict, prompts, warmup, concurrency: int) -> tuple[dict
     in_tok = sum(len(p) for p in prompts)
     return {"elapsed_s": elapsed, "output_tokens": out_tok, "input_tokens": in_tok,
             "output_tok_s": out_tok / elapsed, "total_tok_s": (out_tok + in_tok) / elapsed,
-            "load_s": load_s, "warmup_s": warmup_s, "torch_threads": torch.get_num_threads(),
+            "cpu_steal_share": stolen, "load_s": load_s, "warmup_s": warmup_s,
+            "torch_threads": torch.get_num_threads(),
             "gemm": gemm, "gemm_share": gemm["gemm_s"] / elapsed,
             "settings": {"max_num_seqs": concurrency,
                          "max_num_batched_tokens": max(args.max_num_batched_tokens, concurrency),
@@ -274,8 +277,10 @@ def run_concurrency(args, ctx: dict, backends: list[str], c: int, prompts, warmu
             res["load_avg_1m_before"] = load_before  # other work on the machine skews timings
             runs[backend].append(res)
             tokens.setdefault(backend, toks)
+            # a hypervisor lending this VM's cores to other guests during the timed run (cpu_steal.py)
+            stolen = "" if res.get("cpu_steal_share") is None else f", {100 * res['cpu_steal_share']:.0f}% CPU stolen"
             print(f"[throughput] c={c} {backend}: {res['output_tok_s']:.1f} output tok/s, "
-                  f"{res['total_tok_s']:.1f} total tok/s, {res['elapsed_s']:.2f} s", file=sys.stderr)
+                  f"{res['total_tok_s']:.1f} total tok/s, {res['elapsed_s']:.2f} s{stolen}", file=sys.stderr)
     block, det = {}, {}
     for backend, results in runs.items():
         median = sorted(results, key=lambda r: r["elapsed_s"])[(len(results) - 1) // 2]
@@ -283,6 +288,7 @@ def run_concurrency(args, ctx: dict, backends: list[str], c: int, prompts, warmu
         det[backend] = {k: v for k, v in median.items() if k not in block[backend]}
         if len(results) > 1:
             det[backend]["runs_output_tok_s"] = [r["output_tok_s"] for r in results]
+            det[backend]["runs_cpu_steal_share"] = [r.get("cpu_steal_share") for r in results]
     # Same prompts, greedy: identical weights should give (nearly) identical tokens in every backend.
     ref = "native" if "native" in tokens else backends[0]
     det["greedy_match_vs_" + ref] = None if ctx["random_weights"] else {

@@ -17,6 +17,8 @@ import json
 import sys
 import time
 
+from cpu_steal import cpu_ticks, steal_share  # this script's directory is on sys.path
+
 RESULT_PREFIX = "TESSERA_RESULT "
 DTYPES = {"auto": "float32", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -124,9 +126,10 @@ def main(argv=None) -> int:
         run_batches(model, warmup, args, torch, device, pad_id, min(4, args.output_len))
     warmup_s = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
+    ticks, t0 = cpu_ticks(), time.perf_counter()
     token_ids = run_batches(model, prompts, args, torch, device, pad_id, args.output_len, args.progress)
     elapsed = time.perf_counter() - t0
+    stolen = steal_share(ticks, cpu_ticks())
 
     out_tokens = sum(len(t) for t in token_ids)
     in_tokens = sum(len(p) for p in prompts)
@@ -139,6 +142,7 @@ def main(argv=None) -> int:
         "backend": "hf", "transformers_version": transformers.__version__,
         "elapsed_s": elapsed, "output_tokens": out_tokens, "input_tokens": in_tokens,
         "output_tok_s": out_tokens / elapsed, "total_tok_s": (out_tokens + in_tokens) / elapsed,
+        "cpu_steal_share": stolen,
         "load_s": load_s, "warmup_s": warmup_s, "num_requests": len(prompts),
         "torch_threads": torch.get_num_threads(), "device": str(device),
         "settings": {"batch_size": args.batch_size, "dtype": DTYPES[args.dtype], "padding": "left",

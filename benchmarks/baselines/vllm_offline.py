@@ -29,6 +29,8 @@ import os
 import sys
 import time
 
+from cpu_steal import cpu_ticks, steal_share  # this script's directory is on sys.path
+
 RESULT_PREFIX = "TESSERA_RESULT "
 GIB = 1 << 30
 
@@ -126,9 +128,10 @@ def main(argv=None) -> int:
         warmup_s = 0.0
 
     requests = [TokensPrompt(prompt_token_ids=p) for p in prompts]
-    t0 = time.perf_counter()
+    ticks, t0 = cpu_ticks(), time.perf_counter()
     outs = llm.generate(requests, params(args.output_len), use_tqdm=args.progress)
     elapsed = time.perf_counter() - t0
+    stolen = steal_share(ticks, cpu_ticks())
 
     token_ids = [list(o.outputs[0].token_ids) for o in outs]
     out_tokens = sum(len(t) for t in token_ids)
@@ -141,6 +144,7 @@ def main(argv=None) -> int:
         "backend": "vllm", "vllm_version": __import__("vllm").__version__,
         "elapsed_s": elapsed, "output_tokens": out_tokens, "input_tokens": in_tokens,
         "output_tok_s": out_tokens / elapsed, "total_tok_s": (out_tokens + in_tokens) / elapsed,
+        "cpu_steal_share": stolen,
         "load_s": load_s, "warmup_s": warmup_s, "num_requests": len(prompts),
         "torch_threads": torch.get_num_threads(), "settings": settings,
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,11 @@ def test_repeats_take_turns_and_report_each_backends_median_run(tmp_path, capsys
         runs = data["details"]["c2"][backend]["runs_output_tok_s"]
         assert len(runs) == 3
         assert data["results"]["c2"]["backends"][backend]["output_tok_s"] == sorted(runs)[1]
+        # each timed run says how much of the machine's CPU a hypervisor took meanwhile
+        shares = data["details"]["c2"][backend]["runs_cpu_steal_share"]
+        assert len(shares) == 3
+        if sys.platform.startswith("linux"):
+            assert all(0.0 <= share <= 1.0 for share in shares), shares
     assert data["workload"]["repeats"] == 3
     assert main(["bench", "throughput", "--model", "synthetic:tiny", *TINY, "--backends", "native",
                  "--repeats", "0"]) == 2
