@@ -82,4 +82,3 @@ class CppExtension:
 
     def available(self) -> bool:
         return self.load() is not None
-
