@@ -38,7 +38,7 @@ serve: setup model kernels
 	$(BIN)/tessera serve $(SERVE_ARGS)
 
 bench: setup model kernels
-	$(BIN)/tessera bench throughput --backends native,vllm,hf --concurrency 16,64 --repeats 3 \
+	$(BIN)/tessera bench throughput --backends native,vllm,vllm_inproc,hf --concurrency 16,64 --repeats 3 \
 		--json benchmarks/results/throughput-cpu.json $(BENCH_ARGS)
 	$(BIN)/tessera bench prefix --json benchmarks/results/prefix-cpu.json
 
