@@ -25,7 +25,7 @@ def _check_block(block: dict, backends: list[str]) -> None:
         assert set(entry) == {"output_tok_s", "total_tok_s", "elapsed_s"}
         assert all(v > 0 for v in entry.values()), entry
         assert entry["total_tok_s"] > entry["output_tok_s"]  # input tokens count in the total
-    assert set(block["ratios"]) == {"native/vllm", "native/hf"}
+    assert set(block["ratios"]) == {"native/vllm", "native/vllm_inproc", "native/hf"}
     assert block["matmul_ceiling_tok_s"] > 0
     assert block["matmul_ceiling_tok_s"] == max(block["matmul_ceiling_by_gemm"].values())
 
@@ -42,7 +42,8 @@ def test_native_and_hf_shape(tmp_path):
     assert list(data["results"]) == ["c2"]
     block = data["results"]["c2"]
     _check_block(block, ["native", "hf"])
-    assert block["ratios"]["native/hf"] > 0 and block["ratios"]["native/vllm"] is None
+    assert block["ratios"]["native/hf"] > 0
+    assert block["ratios"]["native/vllm"] is None and block["ratios"]["native/vllm_inproc"] is None
     assert block["native_frac_of_ceiling"] > 0
     assert data["backends"] == block["backends"] and data["ratios"] == block["ratios"]
     assert data["workload"]["input_len"] == 8 and data["workload"]["output_len"] == 4
@@ -93,8 +94,9 @@ def test_explicit_vllm_without_venv_fails_clearly(tmp_path, capsys):
 def test_default_backends_skip_missing_vllm(tmp_path, capsys):
     args = argparse.Namespace(backends=None, vllm_python=str(tmp_path / "missing"))
     backends = throughput.prepare_backends(args)
-    assert "vllm" not in backends and "hf" in backends
-    assert "make bench-vllm-setup" in capsys.readouterr().err
+    assert backends == ["native", "hf"]
+    err = capsys.readouterr().err
+    assert "skipping vllm, vllm_inproc" in err and "make bench-vllm-setup" in err
 
 
 def test_unknown_backend_is_a_user_error(tmp_path):
@@ -142,16 +144,19 @@ def test_greedy_match():
 def test_vllm_baseline(tmp_path, default_model_dir):
     # synthetic:tiny's head_dim (16) is below what vLLM's CPU attention supports: use the real model.
     out = tmp_path / "tp.json"
-    rc = main(["bench", "throughput", "--model", "smollm2-135m-instruct", *TINY, "--backends", "vllm", "--vllm-eager",
-               "--json", str(out)])
+    rc = main(["bench", "throughput", "--model", "smollm2-135m-instruct", *TINY, "--backends", "vllm,vllm_inproc",
+               "--vllm-eager", "--json", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
-    _check_block(data["results"]["c2"], ["vllm"])
-    assert data["details"]["c2"]["vllm"]["output_tokens"] == 2 * 4
+    _check_block(data["results"]["c2"], ["vllm", "vllm_inproc"])
+    for backend, mode in (("vllm", "mp"), ("vllm_inproc", "inproc")):
+        assert data["details"]["c2"][backend]["output_tokens"] == 2 * 4
+        assert data["details"]["c2"][backend]["settings"]["cpu_mode"] == mode
 
 
+@pytest.mark.parametrize(("kind", "cpu_mode"), [("vllm", "mp"), ("vllm_inproc", "inproc")])
 @pytest.mark.parametrize("eager", [False, True])
-def test_vllm_baseline_runs_vllms_default_compiled_mode_unless_eager(tmp_path, monkeypatch, eager):
+def test_vllm_baseline_runs_vllms_default_compiled_mode_unless_eager(tmp_path, monkeypatch, eager, kind, cpu_mode):
     # vLLM's default (torch.compile) is the faster of its two modes on CPU, so it is what native is
     # compared against; --vllm-eager is the opt-out
     seen = []
@@ -166,6 +171,8 @@ def test_vllm_baseline_runs_vllms_default_compiled_mode_unless_eager(tmp_path, m
     args = argparse.Namespace(vllm_python="python", output_len=4, dtype="float32", seed=0, progress=False,
                               timeout=10, vllm_eager=eager)
     ctx = {"hf_dir": tmp_path, "random_weights": False}
-    result, _ = throughput.run_baseline("vllm", args, ctx, 2, tmp_path / "p.json", tmp_path)
+    result, _ = throughput.run_baseline(kind, args, ctx, 2, tmp_path / "p.json", tmp_path)
     assert result["output_tok_s"] == 4.0
     assert ("--eager" in seen[0]) is eager
+    # vllm is vLLM as shipped (its own processes and binding), vllm_inproc the small-machine tuning
+    assert seen[0][seen[0].index("--cpu-mode") + 1] == cpu_mode
