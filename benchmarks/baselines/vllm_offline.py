@@ -15,8 +15,11 @@ CPU settings (set before vllm is imported, each only if the variable is not alre
   the model a single thread (vLLM logs "Reducing Torch threads from 2 to 1"). --cpu-mode inproc tunes
   vLLM for such a machine: VLLM_CPU_OMP_THREADS_BIND=nobind, VLLM_ENABLE_V1_MULTIPROCESSING=0 and
   OMP_NUM_THREADS = the cores, so engine and model share one process and every core runs the model
-  (on the 2-core dev machine, 64 x (128 in, 128 out): 156.6 tok/s as shipped, 260.4 tok/s in process).
-  auto picks inproc below 8 cores. `tessera bench throughput` runs both (backends vllm, vllm_inproc);
+  (on the 2-core dev machine, 64 x (128 in, 128 out), one run each: 156.6 tok/s as shipped, 260.4 in
+  process, 311.9 in process with libiomp5 preloaded, 160.1 as shipped with it).
+  auto picks inproc below 8 cores. `tessera bench throughput` runs both (backends vllm, vllm_inproc),
+  the tuned one with libiomp5 in LD_PRELOAD as vLLM asks (the preload must be set before this
+  process starts, so the caller sets it; it is recorded in the result's settings);
 - vLLM's own default execution, torch.compile of the model (enforce_eager=False), unless --eager. The
   compilation takes over a minute on a 2-core CPU (not timed, like the model load), and it is what a vLLM
   user gets: on the 2-core dev machine it ran the 64 x (128 in, 128 out) workload in 28.4 s against
@@ -85,7 +88,7 @@ def configure_cpu_env(args, max_model_len: int) -> dict:
         # Without it vLLM drops the engine process (here also the model's) to one torch thread.
         os.environ.setdefault("OMP_NUM_THREADS", str(cores))
     for key in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_ENABLE_V1_MULTIPROCESSING",
-                "VLLM_CPU_NUM_OF_RESERVED_CPU", "OMP_NUM_THREADS"):
+                "VLLM_CPU_NUM_OF_RESERVED_CPU", "OMP_NUM_THREADS", "LD_PRELOAD"):
         if key in os.environ:
             chosen[key] = os.environ[key]
     chosen["cpu_mode"] = mode
