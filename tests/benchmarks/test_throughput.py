@@ -152,6 +152,11 @@ def test_vllm_baseline(tmp_path, default_model_dir):
     for backend, mode in (("vllm", "mp"), ("vllm_inproc", "inproc")):
         assert data["details"]["c2"][backend]["output_tokens"] == 2 * 4
         assert data["details"]["c2"][backend]["settings"]["cpu_mode"] == mode
+    # the tuned run re-ran itself with Intel's OpenMP runtime from the venv preloaded, as shipped did not
+    iomp = VLLM_PYTHON.parent.parent / "lib" / "libiomp5.so"
+    if iomp.is_file():
+        assert str(iomp) in data["details"]["c2"]["vllm_inproc"]["settings"]["LD_PRELOAD"].split(":")
+        assert str(iomp) not in data["details"]["c2"]["vllm"]["settings"].get("LD_PRELOAD", "")
 
 
 @pytest.mark.parametrize(("kind", "cpu_mode"), [("vllm", "mp"), ("vllm_inproc", "inproc")])
@@ -177,33 +182,3 @@ def test_vllm_baseline_runs_vllms_default_compiled_mode_unless_eager(tmp_path, m
     # vllm is vLLM as shipped (its own processes and binding), vllm_inproc the small-machine tuning
     assert seen[0][seen[0].index("--cpu-mode") + 1] == cpu_mode
 
-
-@pytest.mark.parametrize(("kind", "preloaded"), [("vllm", False), ("vllm_inproc", True)])
-def test_only_the_tuned_vllm_run_preloads_intels_openmp_runtime(tmp_path, monkeypatch, kind, preloaded):
-    # vLLM's CPU backend asks for libiomp in LD_PRELOAD; the tuned run gives it the one in the vLLM venv,
-    # vLLM as shipped runs without it
-    venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True)
-    (venv / "lib").mkdir()
-    (venv / "lib" / "libiomp5.so").write_bytes(b"")
-    envs = []
-
-    def fake_run(cmd, **kwargs):
-        envs.append(kwargs["env"])
-        result = {"backend": "vllm", "elapsed_s": 1.0, "output_tokens": 4, "input_tokens": 8,
-                  "output_tok_s": 4.0, "total_tok_s": 12.0}
-        return argparse.Namespace(stdout="TESSERA_RESULT " + json.dumps(result), returncode=0)
-
-    monkeypatch.setattr(throughput.subprocess, "run", fake_run)
-    monkeypatch.setenv("LD_PRELOAD", "/opt/other.so")
-    args = argparse.Namespace(vllm_python=str(venv / "bin" / "python"), output_len=4, dtype="float32", seed=0,
-                              progress=False, timeout=10, vllm_eager=False)
-    throughput.run_baseline(kind, args, {"hf_dir": tmp_path, "random_weights": False}, 2, tmp_path / "p.json",
-                            tmp_path)
-    expected = f"{venv / 'lib' / 'libiomp5.so'}:/opt/other.so" if preloaded else "/opt/other.so"
-    assert envs[0]["LD_PRELOAD"] == expected
-
-
-def test_no_preload_when_the_vllm_venv_lacks_the_library(tmp_path):
-    (tmp_path / "bin").mkdir()
-    assert throughput.vllm_preloads(str(tmp_path / "bin" / "python")) == []

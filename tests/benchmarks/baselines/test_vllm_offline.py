@@ -78,3 +78,22 @@ def test_kv_cache_space_holds_the_workload_in_either_mode(vllm_offline, env, tmp
     # K and V, 30 layers x 3 KV heads x 64 dims of fp32 per token, for 512 sequences of 256 tokens
     need = 2 * 30 * 3 * 64 * 4 * 256 * 512
     assert int(env["VLLM_CPU_KVCACHE_SPACE"]) == math.ceil(1.25 * need / 2**30)
+
+
+def _venv_with_iomp(tmp_path):
+    (tmp_path / "venv" / "lib").mkdir(parents=True)
+    (tmp_path / "venv" / "lib" / "libiomp5.so").write_bytes(b"")
+    return tmp_path / "venv"
+
+
+def test_the_tuned_mode_reruns_with_intels_openmp_runtime_ahead_of_other_preloads(vllm_offline, tmp_path):
+    venv = _venv_with_iomp(tmp_path)
+    env = vllm_offline.preload_env("inproc", str(venv), {"LD_PRELOAD": "/opt/other.so", "KEEP": "1"})
+    assert env == {"LD_PRELOAD": f"{venv / 'lib' / 'libiomp5.so'}:/opt/other.so", "KEEP": "1"}
+    # the re-run finds it preloaded and goes on instead of re-running again
+    assert vllm_offline.preload_env("inproc", str(venv), env) is None
+
+
+def test_vllm_as_shipped_and_a_venv_without_the_library_get_no_preload(vllm_offline, tmp_path):
+    assert vllm_offline.preload_env("mp", str(_venv_with_iomp(tmp_path)), {}) is None
+    assert vllm_offline.preload_env("inproc", str(tmp_path / "empty-venv"), {}) is None
