@@ -17,7 +17,8 @@ import sys
 import time
 
 from benchmarks import report
-from benchmarks.throughput import OFFLINE_ENV, build_native_engine
+from benchmarks.baselines.launcher import OFFLINE_ENV
+from benchmarks.throughput import build_native_engine
 from benchmarks.workload import kv_bytes_per_token, random_prompts
 
 COUNTERS = ("prefix_cache_hits", "prefix_cache_queries")
